@@ -1,0 +1,3 @@
+from hardcl_lightning.cli import main
+
+main()

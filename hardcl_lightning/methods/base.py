@@ -1,0 +1,233 @@
+"""What every method shares: backbone, parameter groups, optimiser/schedule, EMA targets.
+
+The contract that makes hard-sample sources composable (``DESIGN.md``):
+
+- ``embed(views) -> list[dict]``: per-view outputs; views of the same resolution go through the
+  networks in one batched pass.
+- ``pair_loss(out_a, out_b) -> Tensor[B]``: the per-sample loss of one pair of views, whose
+  batch mean is what training minimises for that pair.
+
+``training_loss(outs)`` combines pairs (default: mean over all view pairs). A new method
+implements ``embed_batch`` (one batched forward) and ``pair_loss``; view selection (HVS) then
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+import torch.nn as nn
+
+from hardcl_lightning.backbones import build_backbone
+from hardcl_lightning.optim import OPTIMIZERS, build_optimizer, cosine_schedule, split_decay_groups, warmup_cosine
+
+ViewOutputs = dict[str, torch.Tensor]
+
+
+class BaseMethod(L.LightningModule):
+    """Base SSL method.
+
+    Args:
+        backbone: a name from ``hardcl_lightning.backbones.BACKBONES``.
+        cifar_stem: 3x3 stride-1 stem without max-pool, for 32-96 px images (ResNets).
+        backbone_kwargs: extra options of the backbone (e.g. ``widths`` of ``resnet_tiny``).
+        image_size: training image side (linked from the datamodule; ViTs need it).
+        num_views: full-size views per image the method trains on (linked to the datamodule).
+        batch_size: per-device batch size (linked from the datamodule; for LR scaling).
+        optimizer: ``sgd``, ``lars`` or ``adamw``.
+        lr: base learning rate; multiplied by global batch / 256 when ``scale_lr`` is set.
+        scale_lr: apply the linear scaling rule lr x global_batch / 256.
+        weight_decay: weight decay of weights (biases and norm parameters get none).
+        momentum: SGD/LARS momentum.
+        lars_eta: LARS trust coefficient.
+        warmup_epochs: linear warm-up length, then cosine decay to ``min_lr_ratio`` x lr.
+        min_lr_ratio: final LR as a fraction of the peak.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        cifar_stem: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+        image_size: int = 32,
+        num_views: int = 2,
+        batch_size: int = 256,
+        optimizer: str = "sgd",
+        lr: float = 0.3,
+        scale_lr: bool = True,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        lars_eta: float = 0.02,
+        warmup_epochs: float = 10.0,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        if num_views < 2:
+            raise ValueError(f"num_views must be >= 2 for a contrastive method, got {num_views}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.backbone_name = backbone
+        self.backbone, self.feature_dim = build_backbone(
+            backbone, cifar_stem=cifar_stem, image_size=image_size, **(backbone_kwargs or {})
+        )
+        self.num_views, self.batch_size = num_views, batch_size
+        self.optimizer_name, self.base_lr, self.scale_lr = optimizer, lr, scale_lr
+        self.weight_decay, self.sgd_momentum, self.lars_eta = weight_decay, momentum, lars_eta
+        self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
+
+    # --- the contract ---------------------------------------------------------------------
+    def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
+        """One batched forward of images ``x``; must return at least ``{"feats": backbone features}``."""
+        raise NotImplementedError
+
+    def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
+        """Per-sample loss [B] of the pair of views (a, b)."""
+        raise NotImplementedError
+
+    def embed(self, views: Sequence[torch.Tensor]) -> list[ViewOutputs]:
+        """Embed each view; views of equal shape share one batched forward."""
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, v in enumerate(views):
+            by_shape[tuple(v.shape)].append(i)
+        outs: list[ViewOutputs | None] = [None] * len(views)
+        for idxs in by_shape.values():
+            batch_out = self.embed_batch(torch.cat([views[i] for i in idxs]))
+            chunks = {k: t.chunk(len(idxs)) for k, t in batch_out.items()}
+            for j, i in enumerate(idxs):
+                outs[i] = {k: c[j] for k, c in chunks.items()}
+        return outs  # type: ignore[return-value]
+
+    def training_loss(self, outs: Sequence[ViewOutputs]) -> torch.Tensor:
+        """Scalar training loss: the mean of ``pair_loss`` over all pairs of views."""
+        pair_losses = [self.pair_loss(outs[i], outs[j]).mean() for i, j in itertools.combinations(range(len(outs)), 2)]
+        return torch.stack(pair_losses).mean()
+
+    # --- training / validation ------------------------------------------------------------
+    def check_views(self, views: Sequence[torch.Tensor]) -> None:
+        if len(views) < self.num_views:
+            raise ValueError(
+                f"{type(self).__name__} needs {self.num_views} views per image but the batch has {len(views)}; "
+                f"set data num_views to {self.num_views} (the CLI links it from model.num_views)"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        views = batch["views"]
+        self.check_views(views)
+        outs = self.embed(views)
+        loss = self.training_loss(outs)
+        self.after_training_loss(outs)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
+        return self.step_output(loss, outs, batch)
+
+    def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
+        """Hook for state updates that follow the loss (e.g. MoCo's enqueue)."""
+
+    def step_output(self, loss: torch.Tensor, outs: Sequence[ViewOutputs], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss plus the detached backbone features and labels that the online probe trains on."""
+        feats = torch.cat([o["feats"].detach() for o in outs if o["feats"].shape == outs[0]["feats"].shape])
+        labels = batch["label"].repeat(feats.shape[0] // batch["label"].shape[0])
+        return {"loss": loss, "feats": feats, "labels": labels}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"feats": self.backbone(batch["image"]), "labels": batch["label"]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features: what downstream tasks use."""
+        return self.backbone(x)
+
+    # --- optimisation ---------------------------------------------------------------------
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        """Modules trained by the main optimiser; subclasses add their heads."""
+        return {"backbone": self.backbone}
+
+    def param_groups(self) -> list[dict]:
+        groups: list[dict] = []
+        for name, module in self.learnable_modules().items():
+            for g in split_decay_groups(module):
+                g["name"] = f"{name}/no_decay" if g.get("lars_exclude") else name  # LearningRateMonitor needs unique names
+                groups.append(g)
+        return groups
+
+    @property
+    def effective_lr(self) -> float:
+        if not self.scale_lr:
+            return self.base_lr
+        world = self.trainer.world_size if self._trainer is not None else 1
+        accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return self.base_lr * self.batch_size * world * accum / 256
+
+    def steps_per_epoch_and_total(self) -> tuple[int, int]:
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        return max(1, total // epochs), max(1, total)
+
+    def configure_optimizers(self):
+        lr = self.effective_lr
+        opt = build_optimizer(self.optimizer_name, self.param_groups(), lr, self.weight_decay, self.sgd_momentum, self.lars_eta)
+        spe, total = self.steps_per_epoch_and_total()
+        warmup = int(round(self.warmup_epochs * spe))
+        schedule = lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)  # noqa: E731
+        lambdas = [(lambda step: 1.0) if g.get("fixed_lr") else schedule for g in opt.param_groups]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class MomentumMethod(BaseMethod):
+    """A method with EMA target networks (MoCo, BYOL, DINO).
+
+    Subclasses list ``(online, target)`` module pairs in ``momentum_pairs``. The EMA momentum
+    follows a cosine schedule from ``ema_momentum`` to ``ema_momentum_end`` over all optimiser
+    steps (BYOL, eq. in sec. 3.2), and the update runs once per optimiser step, so it is right
+    under gradient accumulation.
+    """
+
+    def __init__(self, *args: Any, ema_momentum: float = 0.99, ema_momentum_end: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, m in (("ema_momentum", ema_momentum), ("ema_momentum_end", ema_momentum_end)):
+            if not 0 <= m <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {m}")
+        self.ema_momentum, self.ema_momentum_end = ema_momentum, ema_momentum_end
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def make_target(module: nn.Module) -> nn.Module:
+        import copy
+
+        target = copy.deepcopy(module)
+        for p in target.parameters():
+            p.requires_grad_(False)
+        return target
+
+    def current_ema_momentum(self) -> float:
+        if self._trainer is None:
+            return self.ema_momentum
+        _, total = self.steps_per_epoch_and_total()
+        return cosine_schedule(self.trainer.global_step, total, self.ema_momentum, self.ema_momentum_end)
+
+    @torch.no_grad()
+    def momentum_update(self, tau: float) -> None:
+        """target = tau * target + (1 - tau) * online, for parameters; buffers are copied."""
+        for online, target in self.momentum_pairs:
+            online_p = [p.data for p in online.parameters()]
+            target_p = [p.data for p in target.parameters()]
+            torch._foreach_mul_(target_p, tau)
+            torch._foreach_add_(target_p, online_p, alpha=1 - tau)
+            for b_o, b_t in zip(online.buffers(), target.buffers()):
+                b_t.copy_(b_o)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        tau = self.current_ema_momentum()
+        super().optimizer_step(*args, **kwargs)
+        self.momentum_update(tau)
+        self.log("train/ema_momentum", tau)

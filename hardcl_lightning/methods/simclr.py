@@ -1,0 +1,49 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over in-batch negatives gathered across ranks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from hardcl_lightning.heads import MLPHead
+from hardcl_lightning.losses import nt_xent
+from hardcl_lightning.methods.base import BaseMethod, ViewOutputs
+
+
+class SimCLR(BaseMethod):
+    """SimCLR.
+
+    Args:
+        proj_hidden_dim: projector hidden width.
+        proj_output_dim: projector output width (the space of the loss).
+        temperature: NT-Xent temperature.
+        gather_distributed: use negatives from every rank (autograd-aware gather).
+    """
+
+    def __init__(
+        self,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        temperature: float = 0.2,
+        gather_distributed: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("optimizer", "lars")
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2)
+        self.temperature, self.gather_distributed = temperature, gather_distributed
+
+    def learnable_modules(self) -> dict[str, nn.Module]:
+        return {**super().learnable_modules(), "projector": self.projector}
+
+    def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
+        feats = self.backbone(x)
+        return {"feats": feats, "z": self.projector(feats)}
+
+    def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
+        return nt_xent(out_a["z"], out_b["z"], self.temperature, reduction="none", gather_distributed=self.gather_distributed)

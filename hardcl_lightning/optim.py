@@ -1,0 +1,124 @@
+"""Optimisers and schedules shared by every method.
+
+- ``LARS`` (You et al. 2017): SGD with momentum whose per-layer step is scaled by the trust
+  ratio ``eta * ||w|| / (||g|| + wd * ||w||)``. Parameter groups flagged ``lars_exclude``
+  (biases and norm layers) get neither the adaptation nor weight decay, as in SimCLR/BYOL.
+- ``warmup_cosine``: linear warm-up then cosine decay, stepped per optimiser step.
+- ``split_decay_groups``: splits parameters into decay / no-decay groups.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling on top of SGD with momentum."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.02,
+        clip_lr: bool = False,
+        nesterov: bool = False,
+    ) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
+            raise ValueError(f"LARS needs lr, momentum, weight_decay >= 0 and eta > 0, got {lr=}, {momentum=}, {weight_decay=}, {eta=}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr, nesterov=nesterov, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"] != 0:
+                        d_p = d_p.add(p, alpha=group["weight_decay"])
+                    w_norm = torch.norm(p)
+                    g_norm = torch.norm(p.grad)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        group["eta"] * w_norm / (g_norm + group["weight_decay"] * w_norm),
+                        torch.ones_like(w_norm),
+                    )
+                    if group["clip_lr"]:
+                        trust = torch.clamp(trust / group["lr"], max=1.0) if group["lr"] > 0 else trust
+                    d_p = d_p * trust
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.clone(d_p).detach()
+                else:
+                    buf.mul_(group["momentum"]).add_(d_p)
+                step = d_p.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                p.add_(step, alpha=-group["lr"])
+        return loss
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and normalisation parameters (all 1-d tensors) get no weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def split_decay_groups(module: nn.Module, **group_options) -> list[dict]:
+    """Two param groups for ``module``: decayed weights, and biases/norms with ``weight_decay=0``."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if is_no_decay(name, p) else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, **group_options})
+    if no_decay:
+        groups.append({"params": no_decay, **group_options, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+def build_optimizer(
+    name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9, lars_eta: float = 0.02
+) -> torch.optim.Optimizer:
+    """Build one of ``OPTIMIZERS``. Groups may carry their own ``weight_decay``/``lr`` overrides
+    and flags (``lars_exclude``, ``fixed_lr``) that torch keeps in the param group for LARS and
+    the scheduler to read."""
+    for g in groups:
+        g.setdefault("weight_decay", weight_decay)
+        g.setdefault("lr", lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear 0->1 over ``warmup_steps``, then cosine 1->``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> float:
+    """Cosine interpolation from ``start`` (step 0) to ``end`` (``total_steps``); EMA momenta use it."""
+    progress = min(1.0, step / max(1, total_steps))
+    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2

@@ -1,0 +1,62 @@
+import lightning as L
+import torch
+
+from hardcl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
+from hardcl_lightning.data import ShapesDataModule
+from hardcl_lightning.methods import SimCLR
+from test_knn import brute_force_knn
+
+
+def small_setup(tmp_path, callbacks, **trainer_kw):
+    L.seed_everything(0)
+    dm = ShapesDataModule(num_train=64, num_val=24, batch_size=16, num_workers=0, image_size=16, crop_scale=(0.5, 1.0))
+    model = SimCLR(backbone="resnet_tiny", cifar_stem=True, proj_hidden_dim=32, proj_output_dim=16, optimizer="sgd", lr=0.1,
+                   warmup_epochs=0)
+    kw = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    kw.update(trainer_kw)
+    return dm, model, L.Trainer(callbacks=callbacks, **kw)
+
+
+def test_online_knn_equals_brute_force_on_eval_mode_features(tmp_path):
+    knn = OnlineKNN(k=5, temperature=0.1, chunk_size=7)
+    dm, model, trainer = small_setup(tmp_path, [knn], enable_checkpointing=False, limit_train_batches=2)
+    trainer.fit(model, dm)
+    assert [e for e, _ in knn.history] == [0, 1]  # the epoch-0 baseline, then epoch 1
+    backbone = model.backbone.eval()
+    with torch.no_grad():
+        bank = torch.cat([backbone(b["image"]) for b in dm.bank_dataloader()])
+        val = [(backbone(b["image"]), b["label"]) for b in dm.val_dataloader()]
+    qf, qy = torch.cat([f for f, _ in val]), torch.cat([y for _, y in val])
+    expected = (brute_force_knn(bank, dm._train.labels, qf, 10, 5, 0.1) == qy).float().mean().item()
+    assert abs(knn.history[-1][1] - expected) < 1e-6
+
+
+def test_probe_trains_on_method_features_and_survives_checkpoint_resume(tmp_path):
+    probe = OnlineLinearProbe(lr=0.5)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    dm, model, trainer = small_setup(tmp_path, [probe, ckpt], max_epochs=1)
+    trainer.fit(model, dm)
+    probe_weights = probe.probe.weight.detach().clone()
+    momentum = [s["momentum_buffer"].clone() for s in probe.optimizer.state.values()]
+    assert probe.best_acc > 0 and momentum  # it trained and has optimiser state
+
+    probe2 = OnlineLinearProbe(lr=0.5)
+    dm2, model2, trainer2 = small_setup(tmp_path, [probe2], max_epochs=1)
+    trainer2.fit(model2, dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # restores, no further epoch
+    assert torch.equal(probe2.probe.weight, probe_weights)
+    for a, b in zip(momentum, [s["momentum_buffer"] for s in probe2.optimizer.state.values()]):
+        assert torch.equal(a, b)
+    assert probe2.best_acc == probe.best_acc
+
+
+def test_probe_does_not_touch_the_backbone(tmp_path):
+    """The probe's own optimiser steps change only the probe (features are detached)."""
+    probe = OnlineLinearProbe(lr=0.5)
+    dm, model, trainer = small_setup(tmp_path, [probe], enable_checkpointing=False, limit_train_batches=1)
+    dm.setup()
+    probe._build(model, 10)
+    feats = torch.randn(8, model.feature_dim, requires_grad=True)
+    w = probe.probe.weight.detach().clone()
+    probe.on_train_batch_end(trainer, model, {"feats": feats, "labels": torch.arange(8)}, None, 0)
+    assert feats.grad is None and not torch.equal(w, probe.probe.weight)

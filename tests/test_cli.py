@@ -1,0 +1,63 @@
+"""Every config parses and prints; every config trains one fast_dev_run batch on CPU."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hardcl_lightning.cli import build_cli, main
+
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true"]
+
+
+def test_there_are_configs():
+    names = {p.name for p in CONFIGS}
+    assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_print_config(config, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert e.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("hardcl_lightning.methods.")
+    assert "batch_size" not in printed["model"]["init_args"]  # a link target, written once (on data)
+
+
+def test_links_carry_values_between_data_and_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(
+        ["--config", str(CONFIGS[0].parent / "quickstart.yaml"), "--data.init_args.batch_size=32",
+         "--data.init_args.image_size=24", "--model.init_args.num_views=3", "--trainer.logger=false"],
+        run=False,
+    )
+    assert cli.model.batch_size == 32 == cli.datamodule.batch_size
+    assert cli.datamodule.image_size == 24 and cli.datamodule.view_specs[0].size == 24
+    assert cli.model.num_views == 3 == cli.datamodule.num_views == len(cli.datamodule.view_specs)
+
+
+def _imagefolder_args(root: Path, config: Path) -> list[str]:
+    data_class = yaml.safe_load(config.read_text())["data"]["class_path"]
+    args = [] if data_class.endswith("ImageFolderDataModule") else ["--data=hardcl_lightning.data.ImageFolderDataModule"]
+    return args + [
+        f"--data.train_dir={root / 'train'}",
+        f"--data.val_dir={root / 'val'}",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--data.image_size=32",
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_fast_dev_run_on_an_image_folder(config, image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(config), *CPU, "--trainer.fast_dev_run=true", *_imagefolder_args(image_folder, config)])
+
+
+def test_config_typo_names_the_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(CONFIGS[0]), "--model.init_args.temprature=0.1"])
+    assert e.value.code != 0
+    assert "temprature" in capsys.readouterr().err
