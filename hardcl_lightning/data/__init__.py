@@ -1,0 +1,28 @@
+"""Datamodules, multi-view transforms and the embedded procedural dataset."""
+
+from hardcl_lightning.data.datamodules import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    ImageFolderDataModule,
+    ShapesDataModule,
+    SSLDataModule,
+    STL10DataModule,
+    class_balanced_subset,
+)
+from hardcl_lightning.data.procedural import ShapesDataset, make_shapes
+from hardcl_lightning.data.transforms import MultiViewTransform, ViewSpec, view_specs_for
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "ImageFolderDataModule",
+    "MultiViewTransform",
+    "ShapesDataModule",
+    "ShapesDataset",
+    "SSLDataModule",
+    "STL10DataModule",
+    "ViewSpec",
+    "class_balanced_subset",
+    "make_shapes",
+    "view_specs_for",
+]

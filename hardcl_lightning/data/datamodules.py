@@ -1,0 +1,376 @@
+"""Datamodules: every one yields the same batch layout.
+
+- training batch: ``{"views": [V x Tensor[B,3,h,w]], "boxes": Tensor[B,V,4], "label": Tensor[B], "index": Tensor[B]}``
+- validation batch: ``{"image": Tensor[B,3,S,S], "label": Tensor[B]}`` (un-augmented)
+- ``bank_dataloader()``: the training set un-augmented, in validation layout (for the kNN bank)
+
+The view recipe (``augmentation``, ``num_views``, local crops) is the datamodule's; under the
+CLI, ``num_views`` is linked from the model so that it is written once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from hardcl_lightning.data.procedural import ShapesDataset
+from hardcl_lightning.data.transforms import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiViewTransform,
+    eval_transform,
+    view_specs_for,
+)
+
+
+class MultiViewDataset(Dataset):
+    """Wraps an ``(image, label)`` dataset and returns training items in the multi-view layout."""
+
+    def __init__(self, base: Dataset, transform: MultiViewTransform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, label = self.base[i]
+        views, boxes = self.transform(img)
+        return {"views": views, "boxes": boxes, "label": label, "index": i}
+
+
+class EvalDataset(Dataset):
+    """Wraps an ``(image, label)`` dataset and returns ``{"image", "label"}`` un-augmented."""
+
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, label = self.base[i]
+        return {"image": self.transform(img), "label": label}
+
+
+def class_balanced_subset(targets: Sequence[int], fraction: float, seed: int = 0) -> list[int]:
+    """Indices of a deterministic subset holding ``fraction`` of every class (at least one each)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    targets_t = torch.as_tensor(list(targets))
+    g = torch.Generator().manual_seed(seed)
+    keep: list[torch.Tensor] = []
+    for c in torch.unique(targets_t):
+        idx = torch.nonzero(targets_t == c).flatten()
+        n = max(1, int(round(fraction * idx.numel())))
+        keep.append(idx[torch.randperm(idx.numel(), generator=g)[:n]])
+    return torch.cat(keep).sort().values.tolist()
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Base datamodule: subclasses provide raw ``(image, label)`` train/val datasets.
+
+    Args:
+        batch_size: per-device batch size.
+        num_workers: data-loading processes per device.
+        image_size: side of the training views and evaluation images.
+        num_views: full-size augmented views per image (2 for SimCLR; N candidates for HVS).
+        augmentation: recipe name, one of ``simclr, mocov2, byol, dino, none``.
+        crop_scale: RandomResizedCrop scale range; ``None`` takes the recipe's default.
+        color_jitter_strength: SimCLR's ``s``, scales every jitter magnitude.
+        blur_prob: Gaussian-blur probability; ``None`` takes the recipe's default.
+        solarize_prob: solarisation probability; ``None`` takes the recipe's default.
+        num_local_crops: DINO's small local crops, appended after the full-size views.
+        local_crop_size: side of local crops (default 96/224 of ``image_size``).
+        local_crop_scale: crop scale range of local crops.
+        train_fraction: deterministic class-balanced fraction of the training set to use.
+        seed: seed of the ``train_fraction`` subset.
+    """
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    eval_resize_ratio: float = 1.0
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        image_size: int = 32,
+        num_views: int = 2,
+        augmentation: str = "simclr",
+        crop_scale: tuple[float, float] | None = None,
+        color_jitter_strength: float = 1.0,
+        blur_prob: float | None = None,
+        solarize_prob: float | None = None,
+        num_local_crops: int = 0,
+        local_crop_size: int | None = None,
+        local_crop_scale: tuple[float, float] = (0.05, 0.4),
+        train_fraction: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
+        self.train_fraction, self.seed = train_fraction, seed
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        self.view_specs = view_specs_for(
+            augmentation, num_views, image_size, crop_scale, color_jitter_strength, blur_prob, solarize_prob,
+            num_local_crops, local_crop_size, local_crop_scale,
+        )
+        self.num_views, self.num_local_crops = num_views, num_local_crops
+        self._train: Dataset | None = None
+        self._val: Dataset | None = None
+
+    # --- what subclasses provide ---------------------------------------------------------
+    def train_base(self) -> Dataset:
+        """The raw training set: items ``(PIL image or uint8 tensor, int label)``."""
+        raise NotImplementedError
+
+    def val_base(self) -> Dataset | None:
+        """The raw labelled validation set, or ``None`` when there is none."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    # --- shared machinery ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is None:
+            train = self.train_base()
+            if self.train_fraction < 1.0:
+                train = Subset(train, class_balanced_subset(_targets(train), self.train_fraction, self.seed))
+            self._train = train
+            self._val = self.val_base()
+            if len(train) < self.batch_size:  # type: ignore[arg-type]
+                raise ValueError(
+                    f"batch_size {self.batch_size} is larger than the training set ({len(train)} images); "  # type: ignore[arg-type]
+                    "use a batch_size <= the dataset size"
+                )
+
+    @property
+    def has_labels(self) -> bool:
+        return self._val is not None
+
+    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_transform(self) -> MultiViewTransform:
+        return MultiViewTransform(self.view_specs, self.mean, self.std)
+
+    def eval_transform(self):
+        return eval_transform(self.image_size, self.mean, self.std, self.eval_resize_ratio)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        # drop_last: contrastive losses gather equal-sized batches across ranks
+        return self._loader(MultiViewDataset(self._train, self.train_transform()), shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        if self._val is None:
+            return []
+        return self._loader(EvalDataset(self._val, self.eval_transform()), shuffle=False, drop_last=False)
+
+    def bank_dataloader(self) -> DataLoader:
+        """The un-augmented training set for the kNN bank (labels needed)."""
+        self.setup()
+        return self._loader(EvalDataset(self._train, self.eval_transform()), shuffle=False, drop_last=False)
+
+
+def _targets(ds: Dataset) -> list[int]:
+    for attr in ("targets", "labels"):
+        t = getattr(ds, attr, None)
+        if t is not None:
+            return [int(x) for x in t]
+    return [int(ds[i][1]) for i in range(len(ds))]  # type: ignore[arg-type]
+
+
+class ShapesDataModule(SSLDataModule):
+    """The embedded procedural dataset (Shapes10): no download, deterministic, 10 classes."""
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+
+    def __init__(self, num_train: int = 10000, num_val: int = 2000, data_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_train < 10 or num_val < 10:
+            raise ValueError(f"num_train and num_val must be >= 10, got {num_train} and {num_val}")
+        self.num_train, self.num_val, self.data_seed = num_train, num_val, data_seed
+
+    def train_base(self) -> Dataset:
+        return ShapesDataset(self.num_train, self.image_size, seed=self.data_seed)
+
+    def val_base(self) -> Dataset:
+        return ShapesDataset(self.num_val, self.image_size, seed=self.data_seed + 1_000_003)
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+
+class _TorchvisionDataModule(SSLDataModule):
+    """Shared loading of torchvision datasets with a clear error when offline and missing."""
+
+    dataset_name = ""
+
+    def __init__(self, data_dir: str = "data", download: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_dir, self.download = data_dir, download
+
+    def prepare_data(self) -> None:
+        self._make(train=True)
+        self._make(train=False)
+
+    def _construct(self, train: bool, download: bool) -> Dataset:
+        raise NotImplementedError
+
+    def _make(self, train: bool) -> Dataset:
+        try:
+            return self._construct(train, download=False)
+        except RuntimeError:
+            pass
+        if not self.download:
+            raise FileNotFoundError(
+                f"{self.dataset_name} not found under data_dir={os.path.abspath(self.data_dir)!r} and download=False. "
+                f"Put torchvision's {self.dataset_name} files there, or set download: true on a machine with internet."
+            )
+        try:
+            return self._construct(train, download=True)
+        except Exception as e:  # network errors come in many types
+            raise FileNotFoundError(
+                f"{self.dataset_name} is not under data_dir={os.path.abspath(self.data_dir)!r} and downloading it failed "
+                f"({type(e).__name__}: {e}). Download it on a machine with internet (torchvision's {self.dataset_name} "
+                f"layout) and copy it there, or use ImageFolderDataModule with train_dir/val_dir."
+            ) from e
+
+    def train_base(self) -> Dataset:
+        return self._make(train=True)
+
+    def val_base(self) -> Dataset:
+        return self._make(train=False)
+
+
+class CIFAR10DataModule(_TorchvisionDataModule):
+    """CIFAR-10 (torchvision); ``data_dir`` holds ``cifar-10-batches-py``."""
+
+    dataset_name = "CIFAR-10"
+    mean, std = CIFAR_MEAN, CIFAR_STD
+
+    def _construct(self, train: bool, download: bool) -> Dataset:
+        from torchvision.datasets import CIFAR10
+
+        return CIFAR10(self.data_dir, train=train, download=download)
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (torchvision); ``data_dir`` holds ``cifar-100-python``."""
+
+    dataset_name = "CIFAR-100"
+
+    def _construct(self, train: bool, download: bool) -> Dataset:
+        from torchvision.datasets import CIFAR100
+
+        return CIFAR100(self.data_dir, train=train, download=download)
+
+    @property
+    def num_classes(self) -> int:
+        return 100
+
+
+class STL10DataModule(_TorchvisionDataModule):
+    """STL-10: pre-train on ``train+unlabeled`` (105k images) or ``train``; evaluate on ``test``.
+
+    The kNN bank uses the 5k labelled ``train`` split (unlabeled images have no label).
+    """
+
+    dataset_name = "STL-10"
+
+    def __init__(self, use_unlabeled: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.use_unlabeled = use_unlabeled
+
+    def _construct(self, train: bool, download: bool) -> Dataset:
+        from torchvision.datasets import STL10
+
+        split = ("train+unlabeled" if self.use_unlabeled else "train") if train else "test"
+        return STL10(self.data_dir, split=split, download=download)
+
+    def bank_dataloader(self) -> DataLoader:
+        from torchvision.datasets import STL10
+
+        labelled = STL10(self.data_dir, split="train", download=False)
+        return self._loader(EvalDataset(labelled, self.eval_transform()), shuffle=False, drop_last=False)
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+
+class ImageFolderDataModule(SSLDataModule):
+    """Any ``root/<class>/<image>`` tree (ImageNet-100 is one); ``val_dir`` is optional.
+
+    Without ``val_dir``, the online kNN and linear probe switch themselves off with a message.
+    """
+
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str | None = None,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        eval_resize_ratio: float = 256 / 224,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.mean, self.std, self.eval_resize_ratio = tuple(mean), tuple(std), eval_resize_ratio  # type: ignore[assignment]
+        self._num_classes: int | None = None
+
+    @staticmethod
+    def _folder(path: str, what: str) -> Dataset:
+        from torchvision.datasets import ImageFolder
+
+        p = Path(path)
+        if not p.is_dir():
+            raise FileNotFoundError(f"{what}={str(p)!r} is not a directory; expected an ImageFolder tree root/<class>/<image>")
+        try:
+            return ImageFolder(str(p))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{what}={str(p)!r} holds no images in class sub-folders: {e}") from e
+
+    def train_base(self) -> Dataset:
+        ds = self._folder(self.train_dir, "train_dir")
+        self._num_classes = len(ds.classes)  # type: ignore[attr-defined]
+        return ds
+
+    def val_base(self) -> Dataset | None:
+        return None if self.val_dir is None else self._folder(self.val_dir, "val_dir")
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self.setup()
+        return int(self._num_classes)  # type: ignore[arg-type]
