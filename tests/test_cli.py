@@ -7,16 +7,29 @@ import yaml
 
 from hardcl_lightning.cli import build_cli, main
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name != "trainer")
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true"]
 
 
 def test_there_are_configs():
     names = {p.name for p in CONFIGS}
-    assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml"} <= names
+    assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml", "simsiam_cifar10.yaml", "byol_cifar10.yaml",
+            "dino_cifar10.yaml", "dino_vit_imagefolder.yaml"} <= names
+    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == {"simclr", "mocov2", "simsiam", "byol", "dino"}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method", ["SimCLR", "MoCoV2", "SimSiam", "BYOL", "DINO"])
+def test_quickstart_switches_method_with_one_line(method, tmp_path):
+    """Replacing only the model.class_path line of the quickstart gives a valid config for every method."""
+    text = (CONFIGS[0].parent / "quickstart.yaml").read_text()
+    assert text.count("class_path: hardcl_lightning.methods.SimCLR") == 1
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(text.replace("hardcl_lightning.methods.SimCLR", f"hardcl_lightning.methods.{method}"))
+    cli = build_cli(["--config", str(cfg), "--trainer.logger=false"], run=False)
+    assert type(cli.model).__name__ == method
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_print_config(config, capsys):
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", str(config), "--print_config"])
@@ -50,7 +63,7 @@ def _imagefolder_args(root: Path, config: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_fast_dev_run_on_an_image_folder(config, image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), *CPU, "--trainer.fast_dev_run=true", *_imagefolder_args(image_folder, config)])

@@ -1,7 +1,10 @@
 """Base methods and hard-sample methods, all on the ``embed`` / ``pair_loss`` contract."""
 
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod
+from hardcl_lightning.methods.byol import BYOL
+from hardcl_lightning.methods.dino import DINO
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
+from hardcl_lightning.methods.simsiam import SimSiam
 
-__all__ = ["BaseMethod", "MomentumMethod", "MoCoV2", "SimCLR"]
+__all__ = ["BaseMethod", "BYOL", "DINO", "MomentumMethod", "MoCoV2", "SimCLR", "SimSiam"]
