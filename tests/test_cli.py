@@ -15,7 +15,19 @@ def test_there_are_configs():
     names = {p.name for p in CONFIGS}
     assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml", "simsiam_cifar10.yaml", "byol_cifar10.yaml",
             "dino_cifar10.yaml", "dino_vit_imagefolder.yaml"} <= names
-    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == {"simclr", "mocov2", "simsiam", "byol", "dino"}
+    base = {"simclr", "mocov2", "simsiam", "byol", "dino"}
+    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == base | {f"hvs_{m}" for m in base}
+    assert {f"hvs_{m}.yaml" for m in base} | {f"hvs_{m}_imagefolder.yaml" for m in base} <= names
+
+
+def test_hvs_dino_cpu_override_from_the_readme(tmp_path, monkeypatch):
+    """The README's CPU-sized fast_dev_run of the headline config, on the embedded dataset."""
+    monkeypatch.chdir(tmp_path)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if l.startswith("hardcl fit --config configs/hvs_dino.yaml --trainer.fast_dev_run"))
+    args = line.split()[1:]  # drop "hardcl"
+    assert "--trainer.fast_dev_run=true" in args
+    main([a if not a.startswith("configs/") else str(Path(__file__).parents[1] / a) for a in args])
 
 
 @pytest.mark.parametrize("method", ["SimCLR", "MoCoV2", "SimSiam", "BYOL", "DINO"])

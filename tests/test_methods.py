@@ -90,7 +90,7 @@ def test_byol_pair_loss_is_the_papers_formula_and_target_gets_no_gradient():
 
 def test_ema_momentum_follows_cosine_once_per_optimizer_step(tmp_path):
     """4 batches with accumulate_grad_batches=2 are 2 optimiser steps: 2 EMA updates at the scheduled taus."""
-    m = make(BYOL, optimizer="sgd", lr=0.01)
+    m = make(BYOL, optimizer="sgd", lr=0.01, ema_momentum=0.99, ema_momentum_end=1.0)
     taus = []
     original = m.momentum_update
     m.momentum_update = lambda tau: (taus.append(tau), original(tau))  # type: ignore[method-assign]

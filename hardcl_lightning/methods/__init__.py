@@ -3,8 +3,32 @@
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod
 from hardcl_lightning.methods.byol import BYOL
 from hardcl_lightning.methods.dino import DINO
+from hardcl_lightning.methods.hvs import (
+    HardViewSelectionMixin,
+    HVSBYOL,
+    HVSDINO,
+    HVSMoCoV2,
+    HVSSimCLR,
+    HVSSimSiam,
+    with_hvs,
+)
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
 from hardcl_lightning.methods.simsiam import SimSiam
 
-__all__ = ["BaseMethod", "BYOL", "DINO", "MomentumMethod", "MoCoV2", "SimCLR", "SimSiam"]
+__all__ = [
+    "BaseMethod",
+    "BYOL",
+    "DINO",
+    "HardViewSelectionMixin",
+    "HVSBYOL",
+    "HVSDINO",
+    "HVSMoCoV2",
+    "HVSSimCLR",
+    "HVSSimSiam",
+    "MomentumMethod",
+    "MoCoV2",
+    "SimCLR",
+    "SimSiam",
+    "with_hvs",
+]

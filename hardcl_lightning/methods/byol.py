@@ -23,14 +23,23 @@ class BYOL(MomentumMethod):
     Args:
         proj_hidden_dim: projector and predictor hidden width (4096 in the paper).
         proj_output_dim: projection width (256 in the paper).
+
+    Defaults follow the paper: LARS, lr 0.2 x batch/256, weight decay 1.5e-6, EMA 0.996 -> 1.
     """
 
-    def __init__(self, proj_hidden_dim: int = 4096, proj_output_dim: int = 256, **kwargs: Any) -> None:
-        kwargs.setdefault("ema_momentum", 0.99)
-        kwargs.setdefault("ema_momentum_end", 1.0)
-        kwargs.setdefault("optimizer", "lars")
-        kwargs.setdefault("lr", 1.0)
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        proj_hidden_dim: int = 4096,
+        proj_output_dim: int = 256,
+        optimizer: str = "lars",
+        lr: float = 0.2,
+        weight_decay: float = 1.5e-6,
+        ema_momentum: float = 0.996,
+        ema_momentum_end: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, ema_momentum=ema_momentum,
+                         ema_momentum_end=ema_momentum_end, **kwargs)
         self.save_hyperparameters()
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2)
         self.predictor = MLPHead(proj_output_dim, proj_hidden_dim, proj_output_dim, num_layers=2)

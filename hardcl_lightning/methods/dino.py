@@ -45,6 +45,8 @@ class DINO(MomentumMethod):
         freeze_last_layer_epochs: epochs during which the last layer gets no update.
         weight_decay_end: weight decay at the end of a cosine schedule from ``weight_decay``
             (0.04 -> 0.4 for ViTs); None keeps it constant.
+
+    Defaults follow the paper's ViT recipe: AdamW, lr 5e-4 x batch/256, weight decay 0.04, EMA 0.996 -> 1.
     """
 
     def __init__(
@@ -61,14 +63,15 @@ class DINO(MomentumMethod):
         center_momentum: float = 0.9,
         freeze_last_layer_epochs: int = 1,
         weight_decay_end: float | None = None,
+        optimizer: str = "adamw",
+        lr: float = 5e-4,
+        weight_decay: float = 0.04,
+        ema_momentum: float = 0.996,
+        ema_momentum_end: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("ema_momentum", 0.996)
-        kwargs.setdefault("ema_momentum_end", 1.0)
-        kwargs.setdefault("optimizer", "adamw")
-        kwargs.setdefault("lr", 5e-4)
-        kwargs.setdefault("weight_decay", 0.04)
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, ema_momentum=ema_momentum,
+                         ema_momentum_end=ema_momentum_end, **kwargs)
         self.save_hyperparameters()
         for name, t in (("student_temperature", student_temperature), ("teacher_temperature", teacher_temperature),
                         ("warmup_teacher_temperature", warmup_teacher_temperature)):

@@ -23,6 +23,8 @@ class MoCoV2(MomentumMethod):
         proj_output_dim: key/query dimension.
         temperature: InfoNCE temperature (0.2 in MoCo v2).
         queue_size: number of negatives K; must be a multiple of the global batch.
+
+    Defaults follow the paper: SGD lr 0.03 x batch/256, EMA momentum 0.999, K = 65536.
     """
 
     def __init__(
@@ -31,12 +33,12 @@ class MoCoV2(MomentumMethod):
         proj_output_dim: int = 128,
         temperature: float = 0.2,
         queue_size: int = 65536,
+        lr: float = 0.03,
+        ema_momentum: float = 0.999,
+        ema_momentum_end: float = 0.999,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("ema_momentum", 0.99)
-        kwargs.setdefault("ema_momentum_end", 0.99)
-        kwargs.setdefault("lr", 0.03)
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, ema_momentum=ema_momentum, ema_momentum_end=ema_momentum_end, **kwargs)
         self.save_hyperparameters()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")

@@ -20,6 +20,8 @@ class SimCLR(BaseMethod):
         proj_output_dim: projector output width (the space of the loss).
         temperature: NT-Xent temperature.
         gather_distributed: use negatives from every rank (autograd-aware gather).
+
+    Defaults follow the paper: LARS, lr 0.3 x batch/256, weight decay 1e-6.
     """
 
     def __init__(
@@ -28,10 +30,12 @@ class SimCLR(BaseMethod):
         proj_output_dim: int = 128,
         temperature: float = 0.2,
         gather_distributed: bool = True,
+        optimizer: str = "lars",
+        lr: float = 0.3,
+        weight_decay: float = 1e-6,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("optimizer", "lars")
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, **kwargs)
         self.save_hyperparameters()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")

@@ -34,11 +34,11 @@ class SimSiam(BaseMethod):
         proj_num_layers: int = 3,
         pred_hidden_dim: int = 512,
         fixed_predictor_lr: bool = True,
+        lr: float = 0.05,
+        warmup_epochs: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("lr", 0.05)
-        kwargs.setdefault("warmup_epochs", 0.0)
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, warmup_epochs=warmup_epochs, **kwargs)
         self.save_hyperparameters()
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=proj_num_layers, last_bn=True)
         self.predictor = MLPHead(proj_output_dim, pred_hidden_dim, proj_output_dim, num_layers=2)

@@ -1,0 +1,76 @@
+"""Image grids of what the hard-sample sources produce (HVS: candidates and the selected pair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchvision
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def _to_display(x: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max to [0, 1] (views are normalised with dataset statistics)."""
+    lo = x.amin(dim=(-3, -2, -1), keepdim=True)
+    hi = x.amax(dim=(-3, -2, -1), keepdim=True)
+    return (x - lo) / (hi - lo).clamp(min=1e-6)
+
+
+def _frame(x: torch.Tensor, color: tuple[float, float, float], width: int = 2) -> torch.Tensor:
+    x = x.clone()
+    c = torch.tensor(color, dtype=x.dtype).view(3, 1, 1)
+    x[:, :width, :] = c
+    x[:, -width:, :] = c
+    x[:, :, :width] = c
+    x[:, :, -width:] = c
+    return x
+
+
+class HVSImageGrid(L.Callback):
+    """Once per epoch: a grid with one row per image, its N candidate views, the selected pair framed.
+
+    Written to the logger when it takes images (TensorBoard ``add_image``, Weights & Biases
+    ``log_image``), and always as ``hvs_grid_epoch<E>.png`` in the run's log directory.
+
+    Args:
+        num_images: rows in the grid.
+    """
+
+    def __init__(self, num_images: int = 8) -> None:
+        super().__init__()
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        self.num_images = num_images
+        self.saved: list[Path] = []
+
+    def make_grid(self, candidates: list[torch.Tensor], index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
+        k = min(self.num_images, candidates[0].shape[0])
+        tiles = []
+        for row in range(k):
+            for v, view in enumerate(candidates):
+                img = _to_display(view[row].detach().float().cpu())
+                if v in (int(index_a[row]), int(index_b[row])):
+                    img = _frame(img, (1.0, 0.1, 0.1))
+                tiles.append(img)
+        return torchvision.utils.make_grid(torch.stack(tiles), nrow=len(candidates), padding=2, pad_value=1.0)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        selection = getattr(pl_module, "last_selection", None)
+        if batch_idx != 0 or not selection:
+            return
+        n = pl_module.num_views
+        grid = self.make_grid(list(batch["views"][:n]), selection["index_a"], selection["index_b"])
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"hvs_grid_epoch{trainer.current_epoch}.png"
+        torchvision.utils.save_image(grid, path)
+        self.saved.append(path)
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):
+                exp.add_image("hard/hvs_candidates", grid, global_step=trainer.global_step)
+            elif hasattr(logger, "log_image"):
+                logger.log_image(key="hard/hvs_candidates", images=[grid], step=trainer.global_step)

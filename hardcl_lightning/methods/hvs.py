@@ -1,0 +1,223 @@
+"""Hard View Selection (Ferreira et al., arXiv 2310.03940; ICLR 2025 "Beyond Random Augmentations").
+
+Per training step (paper sec. 3, Algorithm 1):
+
+1. the datamodule gives N candidate views per image (``num_views = N``, default 4);
+2. all candidates go through the method's ``embed`` in one batched forward under ``no_grad``,
+   with the model in train mode (as the authors' code does);
+3. every candidate pair is scored per sample with the method's own ``pair_loss``;
+4. each image keeps its own highest-loss pair; the training forward/backward runs on the chosen
+   views only (plus any local crops, for DINO, which are kept as they are).
+
+``HardViewSelectionMixin`` adds this to any method that implements ``embed``/``pair_loss``:
+``class HVSMine(HardViewSelectionMixin, Mine): pass``. Nothing else is needed.
+
+Cheaper selection: ``selection_resolution`` scores at a lower resolution (the paper's later
+versions), ``select_every`` selects on every k-th step only (other steps train on views 0 and
+1, i.e. the base method), ``limit_comparisons`` scores a random subset of the candidate pairs.
+
+Pair modes: ``all`` (all C(N,2) pairs), ``cross_stream`` (even x odd candidates: the two
+augmentation streams of BYOL/DINO), ``anchor`` (view 0 with each other view).
+
+Logged every step under ``hard/``: ``hvs_loss_selected`` vs ``hvs_loss_mean`` (the selected
+pair's loss vs the mean candidate-pair loss), ``hvs_iou_selected`` vs ``hvs_iou_random`` (crop
+IoU of the selected pair vs a random candidate pair: the paper finds selected pairs overlap
+less, sec. 5), and ``hvs_win_frac_<k>`` (how often candidate k is in the selected pair).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hardcl_lightning.methods.base import BaseMethod
+from hardcl_lightning.methods.byol import BYOL
+from hardcl_lightning.methods.dino import DINO
+from hardcl_lightning.methods.mocov2 import MoCoV2
+from hardcl_lightning.methods.simclr import SimCLR
+from hardcl_lightning.methods.simsiam import SimSiam
+
+PAIR_MODES = ("all", "cross_stream", "anchor")
+
+
+def candidate_pairs(num_candidates: int, mode: str) -> torch.Tensor:
+    """Candidate index pairs [P, 2] of a pair mode."""
+    if num_candidates < 2:
+        raise ValueError(f"HVS needs at least 2 candidate views, got num_views={num_candidates}")
+    if mode == "all":
+        pairs = list(itertools.combinations(range(num_candidates), 2))
+    elif mode == "cross_stream":
+        pairs = [(i, j) if i < j else (j, i) for i in range(0, num_candidates, 2) for j in range(1, num_candidates, 2)]
+    elif mode == "anchor":
+        pairs = [(0, j) for j in range(1, num_candidates)]
+    else:
+        raise ValueError(f"unknown pair_mode {mode!r}; choose one of {list(PAIR_MODES)}")
+    return torch.tensor(sorted(pairs), dtype=torch.long)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes ``(x0, y0, x1, y1)``, elementwise over leading dims."""
+    lt, rb = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda x: (x[..., 2:] - x[..., :2]).clamp(min=0).prod(-1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
+
+
+def select_hardest(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample argmax over candidate pairs: ``scores`` [P, B] -> (index_a [B], index_b [B], best pair [B])."""
+    best = scores.argmax(dim=0)
+    return pairs[best, 0], pairs[best, 1], best
+
+
+class HardViewSelectionMixin:
+    """Adds hard view selection to a method on the ``embed``/``pair_loss`` contract.
+
+    Args (besides the method's own):
+        num_views: N, the candidate views per image (4 in the paper; 8 gave no further gain).
+        pair_mode: ``all``, ``cross_stream`` or ``anchor``.
+        limit_comparisons: score this many random candidate pairs per step (the same subset on
+            every rank); 0 or None scores all of them (never none).
+        selection_resolution: score candidates resized to this side (None: training size).
+        select_every: select on every k-th optimiser step; other steps train on views 0 and 1.
+    """
+
+    default_pair_mode = "all"
+
+    def __init__(
+        self,
+        *args: Any,
+        num_views: int = 4,
+        pair_mode: str | None = None,
+        limit_comparisons: int | None = None,
+        selection_resolution: int | None = None,
+        select_every: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, num_views=num_views, **kwargs)  # type: ignore[call-arg]
+        pair_mode = pair_mode or self.default_pair_mode
+        if pair_mode not in PAIR_MODES:
+            raise ValueError(f"unknown pair_mode {pair_mode!r}; choose one of {list(PAIR_MODES)}")
+        if limit_comparisons is not None and limit_comparisons < 0:
+            raise ValueError(f"limit_comparisons must be >= 0 or None (all pairs), got {limit_comparisons}")
+        if select_every < 1:
+            raise ValueError(f"select_every must be >= 1, got {select_every}")
+        if selection_resolution is not None and selection_resolution < 1:
+            raise ValueError(f"selection_resolution must be >= 1 or None, got {selection_resolution}")
+        self.pair_mode, self.limit_comparisons = pair_mode, limit_comparisons
+        self.selection_resolution, self.select_every = selection_resolution, select_every
+        self.pairs = candidate_pairs(self.num_views, pair_mode)  # type: ignore[attr-defined]
+        self.last_selection: dict[str, torch.Tensor] = {}
+
+    # --- selection ----------------------------------------------------------------------------
+    def _global_step(self) -> int:
+        return int(self.trainer.global_step) if self._trainer is not None else 0  # type: ignore[attr-defined]
+
+    def pairs_to_score(self) -> torch.Tensor:
+        """All candidate pairs, or a random subset of ``limit_comparisons`` of them (never empty).
+
+        The subset is drawn from a generator seeded by the global step, so every rank scores the
+        same pairs (SimCLR's pair loss gathers across ranks and needs matching collectives).
+        """
+        p = self.pairs
+        if not self.limit_comparisons or self.limit_comparisons >= p.shape[0]:
+            return p
+        g = torch.Generator().manual_seed(self._global_step())
+        return p[torch.randperm(p.shape[0], generator=g)[: self.limit_comparisons]]
+
+    @torch.no_grad()
+    def score_candidates(self, candidates: Sequence[torch.Tensor], pairs: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of every candidate pair [P, B]: one batched no-grad forward of all candidates."""
+        if self.selection_resolution is not None and candidates[0].shape[-1] != self.selection_resolution:
+            size = (self.selection_resolution, self.selection_resolution)
+            candidates = [F.interpolate(c, size=size, mode="bilinear", antialias=True, align_corners=False) for c in candidates]
+        used = sorted(set(pairs.flatten().tolist()))
+        outs = dict(zip(used, self.embed([candidates[i] for i in used])))  # type: ignore[attr-defined]
+        return torch.stack([self.pair_loss(outs[int(i)], outs[int(j)]).float() for i, j in pairs])  # type: ignore[attr-defined]
+
+    def select_views(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The views to train on: each sample's hardest candidate pair, then any local crops."""
+        views = batch["views"]
+        n = self.num_views  # type: ignore[attr-defined]
+        candidates, local_crops = list(views[:n]), list(views[n:])
+        if self._global_step() % self.select_every != 0:
+            return [candidates[0], candidates[1], *local_crops]
+        pairs = self.pairs_to_score().to(candidates[0].device)
+        scores = self.score_candidates(candidates, pairs)
+        idx_a, idx_b, best = select_hardest(scores, pairs)
+        stacked = torch.stack(candidates)  # [N, B, C, H, W]
+        rows = torch.arange(stacked.shape[1], device=stacked.device)
+        view_a, view_b = stacked[idx_a, rows], stacked[idx_b, rows]
+        self.log_selection(batch, scores, pairs, idx_a, idx_b, best)
+        return [view_a, view_b, *local_crops]
+
+    @torch.no_grad()
+    def log_selection(self, batch, scores, pairs, idx_a, idx_b, best) -> None:
+        b = scores.shape[1]
+        rows = torch.arange(b, device=scores.device)
+        metrics = {
+            "hard/hvs_loss_selected": scores[best, rows].mean(),
+            "hard/hvs_loss_mean": scores.mean(),
+        }
+        boxes = batch.get("boxes")
+        if boxes is not None:
+            boxes = boxes.to(scores.device).float()
+            iou_sel = box_iou(boxes[rows, idx_a], boxes[rows, idx_b])
+            rand = pairs[torch.randint(pairs.shape[0], (b,), device=scores.device)]
+            iou_rand = box_iou(boxes[rows, rand[:, 0]], boxes[rows, rand[:, 1]])
+            metrics.update({"hard/hvs_iou_selected": iou_sel.mean(), "hard/hvs_iou_random": iou_rand.mean()})
+        wins = torch.bincount(torch.cat([idx_a, idx_b]), minlength=self.num_views).float() / b  # type: ignore[attr-defined]
+        metrics.update({f"hard/hvs_win_frac_{k}": w for k, w in enumerate(wins)})
+        self.log_dict(metrics, on_step=True, on_epoch=True)  # type: ignore[attr-defined]
+        self.last_selection = {"index_a": idx_a.detach(), "index_b": idx_b.detach(), "scores": scores.detach()}
+        if boxes is not None:
+            self.last_selection["iou_selected"] = iou_sel.detach()
+
+    # --- training -----------------------------------------------------------------------------
+    def check_views(self, views: Sequence[torch.Tensor]) -> None:
+        if len(views) < self.num_views:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{type(self).__name__} selects among num_views={self.num_views} candidate views but the batch has "  # type: ignore[attr-defined]
+                f"{len(views)}; set data num_views to {self.num_views} (the CLI links it from model.num_views)"  # type: ignore[attr-defined]
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        self.check_views(batch["views"])
+        chosen = self.select_views(batch)
+        outs = self.embed(chosen)  # type: ignore[attr-defined]
+        loss = self.training_loss(outs)  # type: ignore[attr-defined]
+        self.after_training_loss(outs)  # type: ignore[attr-defined]
+        self.log("train/loss", loss, prog_bar=True)  # type: ignore[attr-defined]
+        return self.step_output(loss, outs, batch)  # type: ignore[attr-defined]
+
+
+class HVSSimCLR(HardViewSelectionMixin, SimCLR):
+    """SimCLR trained on each image's hardest candidate pair (per-sample NT-Xent within the pair's batch)."""
+
+
+class HVSMoCoV2(HardViewSelectionMixin, MoCoV2):
+    """MoCo v2 trained on each image's hardest candidate pair (symmetric InfoNCE against the queue)."""
+
+
+class HVSSimSiam(HardViewSelectionMixin, SimSiam):
+    """SimSiam trained on each image's hardest candidate pair (lowest symmetric cosine)."""
+
+
+class HVSBYOL(HardViewSelectionMixin, BYOL):
+    """BYOL trained on each image's hardest candidate pair; pairs cross the two augmentation streams."""
+
+    default_pair_mode = "cross_stream"
+
+
+class HVSDINO(HardViewSelectionMixin, DINO):
+    """DINO trained on each image's hardest pair of global crops (even x odd candidates, i.e. one from
+    each augmentation stream); the local crops are kept. The centre is not updated while scoring."""
+
+    default_pair_mode = "cross_stream"
+
+
+def with_hvs(method_cls: type[BaseMethod]) -> type[BaseMethod]:
+    """``with_hvs(MyMethod)``: a subclass of ``MyMethod`` with hard view selection."""
+    return type(f"HVS{method_cls.__name__}", (HardViewSelectionMixin, method_cls), {"__doc__": f"HVS on {method_cls.__name__}."})
