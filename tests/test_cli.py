@@ -86,3 +86,18 @@ def test_config_typo_names_the_key(capsys):
         main(["fit", "--config", str(CONFIGS[0]), "--model.init_args.temprature=0.1"])
     assert e.value.code != 0
     assert "temprature" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["SimCLR", "MoCoV2", "SimSiam", "BYOL", "DINO", "HVSSimCLR", "HVSDINO"])
+def test_cli_defaults_are_the_python_defaults(name, tmp_path, monkeypatch):
+    """A method's own defaults (optimizer, lr, EMA, views) must be visible to LightningCLI, not hidden in code."""
+    import hardcl_lightning.methods as methods
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"model:\n  class_path: hardcl_lightning.methods.{name}\n  init_args: {{backbone: resnet_tiny}}\n"
+                   "data:\n  class_path: hardcl_lightning.data.ShapesDataModule\n  init_args: {batch_size: 256}\n")
+    from_cli = build_cli(["--config", str(cfg), "--trainer.logger=false"], run=False).model
+    direct = getattr(methods, name)(backbone="resnet_tiny")
+    for attr in ("optimizer_name", "base_lr", "weight_decay", "warmup_epochs", "num_views", "ema_momentum", "ema_momentum_end"):
+        assert getattr(from_cli, attr, None) == getattr(direct, attr, None), attr

@@ -8,17 +8,14 @@ import torch
 
 from hardcl_lightning.callbacks import HVSImageGrid
 from hardcl_lightning.data import ShapesDataModule
-from hardcl_lightning.methods import HVSBYOL, HVSDINO, HVSMoCoV2, HVSSimCLR, HVSSimSiam, BaseMethod, with_hvs
+from hardcl_lightning.methods import (
+    BYOL, DINO, HVSBYOL, HVSDINO, HVSMoCoV2, HVSSimCLR, HVSSimSiam, BaseMethod, MoCoV2, SimCLR, SimSiam, with_hvs,
+)
 from hardcl_lightning.methods.hvs import box_iou, candidate_pairs
+from test_methods import SMALL_HEADS, TINY
 
-TINY = dict(backbone="resnet_tiny", cifar_stem=True)
-HEADS = {
-    HVSSimCLR: dict(proj_hidden_dim=32, proj_output_dim=16),
-    HVSMoCoV2: dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=64),
-    HVSSimSiam: dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
-    HVSBYOL: dict(proj_hidden_dim=32, proj_output_dim=16),
-    HVSDINO: dict(proj_hidden_dim=32, bottleneck_dim=8, num_prototypes=32),
-}
+HEADS = {HVSSimCLR: SMALL_HEADS[SimCLR], HVSMoCoV2: SMALL_HEADS[MoCoV2], HVSSimSiam: SMALL_HEADS[SimSiam],
+         HVSBYOL: SMALL_HEADS[BYOL], HVSDINO: SMALL_HEADS[DINO]}
 
 
 class TableMethod(BaseMethod):
