@@ -8,6 +8,7 @@ temperature overflow bf16/fp16 precision.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -26,18 +27,52 @@ def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
 
 
+def reweighted_negatives_loss(
+    pos_logit: torch.Tensor,
+    neg_logits: torch.Tensor,
+    temperature: float,
+    tau_plus: float = 0.0,
+    hardness_beta: float = 0.0,
+) -> torch.Tensor:
+    """Per-anchor debiased (DCL) and hardness-weighted (HCL) contrastive loss.
+
+    Chuang et al. 2020, eq. 6 (``tau_plus``: class prior of false negatives) and Robinson et al.
+    2021, eq. 4 (``hardness_beta``: negatives weighted by exp(beta * q.n / T), normalised to mean 1):
+    ``Ng = max((sum_i w_i e^{l_i} - tau+ M e^{l+}) / (1 - tau+), M e^{-1/T})``,
+    ``loss = -log(e^{l+} / (e^{l+} + Ng))``. With ``tau_plus = hardness_beta = 0`` this is InfoNCE.
+    ``neg_logits`` [A, M] are similarities / T; entries set to -inf are not negatives.
+    """
+    if not 0 <= tau_plus < 1:
+        raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
+    if hardness_beta < 0:
+        raise ValueError(f"hardness_beta must be >= 0, got {hardness_beta}")
+    valid = torch.isfinite(neg_logits)
+    m = valid.sum(dim=1).to(neg_logits.dtype)
+    if hardness_beta > 0:
+        weights = torch.softmax(hardness_beta * neg_logits, dim=1) * m.unsqueeze(1)
+    else:
+        weights = valid.to(neg_logits.dtype)
+    reweighted = (weights * neg_logits.exp()).sum(dim=1)
+    ng = (reweighted - tau_plus * m * pos_logit.exp()) / (1 - tau_plus)
+    ng = torch.maximum(ng, m * math.exp(-1 / temperature))
+    return torch.log(pos_logit.exp() + ng) - pos_logit
+
+
 def nt_xent(
     z_a: torch.Tensor,
     z_b: torch.Tensor,
     temperature: float = 0.2,
     reduction: Reduction = "mean",
     gather_distributed: bool = True,
+    tau_plus: float = 0.0,
+    hardness_beta: float = 0.0,
 ) -> torch.Tensor:
     """NT-Xent (SimCLR, Chen et al. 2020, eq. 1) for a batch of positive pairs ``(z_a[i], z_b[i])``.
 
     Each of the 2B anchors has its partner as positive and the other 2B-2 embeddings (of all
     ranks, when ``gather_distributed``) as negatives. The per-sample value is the mean of the
     two anchors' losses of sample i, so the batch mean equals the usual 2B-anchor mean.
+    ``tau_plus`` / ``hardness_beta`` switch to DCL / HCL (``reweighted_negatives_loss``).
     """
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ValueError(f"nt_xent expects two [B, D] tensors of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
@@ -61,7 +96,13 @@ def nt_xent(
         pos_idx = torch.cat([idx + n, idx])
         rows = torch.arange(2 * b, device=z_a.device)
         logits[rows, self_idx] = float("-inf")
-        per_anchor = torch.logsumexp(logits, dim=1) - logits[rows, pos_idx]
+        if tau_plus == 0 and hardness_beta == 0:
+            per_anchor = torch.logsumexp(logits, dim=1) - logits[rows, pos_idx]
+        else:
+            pos = logits[rows, pos_idx]
+            negs = logits.clone()
+            negs[rows, pos_idx] = float("-inf")
+            per_anchor = reweighted_negatives_loss(pos, negs, temperature, tau_plus, hardness_beta)
         loss = 0.5 * (per_anchor[:b] + per_anchor[b:])
     return _reduce(loss, reduction)
 
@@ -69,26 +110,38 @@ def nt_xent(
 def info_nce(
     query: torch.Tensor,
     positive_key: torch.Tensor,
-    negatives: torch.Tensor,
+    negatives: torch.Tensor | None,
     temperature: float = 0.2,
     reduction: Reduction = "mean",
     extra_negative_logits: torch.Tensor | None = None,
+    tau_plus: float = 0.0,
+    hardness_beta: float = 0.0,
+    negative_similarities: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE with an explicit negative bank (MoCo, He et al. 2020, eq. 1).
 
     ``negatives`` is [K, D] shared by all queries (the queue). ``extra_negative_logits`` [B, M]
     (already divided by the temperature) are appended per query, which is how MoCHi adds its
-    synthetic negatives. Inputs are L2-normalised here.
+    synthetic negatives. Inputs are L2-normalised here. ``tau_plus`` / ``hardness_beta``
+    switch to DCL / HCL (``reweighted_negatives_loss``). ``negative_similarities`` [B, K]
+    (cosines of the normalised query with the bank, carrying the query's gradient) replaces the
+    ``q @ negatives.T`` product when the caller has already computed it.
     """
     with torch.autocast(device_type=query.device.type, enabled=False):
         q = F.normalize(query.float(), dim=1)
         k = F.normalize(positive_key.float(), dim=1)
-        neg = F.normalize(negatives.float(), dim=1)
         pos = (q * k).sum(dim=1, keepdim=True) / temperature
-        logits = torch.cat([pos, q @ neg.T / temperature], dim=1)
+        if negative_similarities is None:
+            if negatives is None:
+                raise ValueError("info_nce needs negatives or negative_similarities")
+            negative_similarities = q @ F.normalize(negatives.float(), dim=1).T
+        logits = torch.cat([pos, negative_similarities.float() / temperature], dim=1)
         if extra_negative_logits is not None:
             logits = torch.cat([logits, extra_negative_logits.float()], dim=1)
-        loss = torch.logsumexp(logits, dim=1) - logits[:, 0]
+        if tau_plus == 0 and hardness_beta == 0:
+            loss = torch.logsumexp(logits, dim=1) - logits[:, 0]
+        else:
+            loss = reweighted_negatives_loss(logits[:, 0], logits[:, 1:], temperature, tau_plus, hardness_beta)
     return _reduce(loss, reduction)
 
 

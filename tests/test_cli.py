@@ -16,7 +16,8 @@ def test_there_are_configs():
     assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml", "simsiam_cifar10.yaml", "byol_cifar10.yaml",
             "dino_cifar10.yaml", "dino_vit_imagefolder.yaml"} <= names
     base = {"simclr", "mocov2", "simsiam", "byol", "dino"}
-    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == base | {f"hvs_{m}" for m in base}
+    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == base | {f"hvs_{m}" for m in base} | {"mochi"}
+    assert {"mochi_cifar10.yaml", "mochi_imagenet100.yaml"} <= names
     assert {f"hvs_{m}.yaml" for m in base} | {f"hvs_{m}_imagefolder.yaml" for m in base} <= names
 
 

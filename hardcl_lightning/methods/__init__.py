@@ -12,6 +12,7 @@ from hardcl_lightning.methods.hvs import (
     HVSSimSiam,
     with_hvs,
 )
+from hardcl_lightning.methods.mochi import MoCHi
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
 from hardcl_lightning.methods.simsiam import SimSiam
@@ -26,6 +27,7 @@ __all__ = [
     "HVSMoCoV2",
     "HVSSimCLR",
     "HVSSimSiam",
+    "MoCHi",
     "MomentumMethod",
     "MoCoV2",
     "SimCLR",

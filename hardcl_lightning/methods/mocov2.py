@@ -23,6 +23,8 @@ class MoCoV2(MomentumMethod):
         proj_output_dim: key/query dimension.
         temperature: InfoNCE temperature (0.2 in MoCo v2).
         queue_size: number of negatives K; must be a multiple of the global batch.
+        tau_plus: > 0 switches to the debiased loss (DCL, Chuang et al. 2020) with this positive prior.
+        hardness_beta: > 0 weights negatives by hardness (HCL, Robinson et al. 2021).
 
     Defaults follow the paper: SGD lr 0.03 x batch/256, EMA momentum 0.999, K = 65536.
     """
@@ -33,6 +35,8 @@ class MoCoV2(MomentumMethod):
         proj_output_dim: int = 128,
         temperature: float = 0.2,
         queue_size: int = 65536,
+        tau_plus: float = 0.0,
+        hardness_beta: float = 0.0,
         lr: float = 0.03,
         ema_momentum: float = 0.999,
         ema_momentum_end: float = 0.999,
@@ -45,6 +49,7 @@ class MoCoV2(MomentumMethod):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature, self.queue_size = temperature, queue_size
+        self.tau_plus, self.hardness_beta = tau_plus, hardness_beta
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2, batch_norm=False)
         self.momentum_backbone = self.make_target(self.backbone)
         self.momentum_projector = self.make_target(self.projector)
@@ -72,12 +77,14 @@ class MoCoV2(MomentumMethod):
             k = self.momentum_projector(self.momentum_backbone(x))
         return {"feats": feats, "q": self.projector(feats), "k": F.normalize(k, dim=1)}
 
+    def query_loss(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        """Per-sample InfoNCE (or DCL/HCL) of one query direction against the queue."""
+        return info_nce(query, key, queue, self.temperature, reduction="none", tau_plus=self.tau_plus,
+                        hardness_beta=self.hardness_beta)
+
     def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
         queue = self.queue.clone().detach()
-        return 0.5 * (
-            info_nce(out_a["q"], out_b["k"], queue, self.temperature, reduction="none")
-            + info_nce(out_b["q"], out_a["k"], queue, self.temperature, reduction="none")
-        )
+        return 0.5 * (self.query_loss(out_a["q"], out_b["k"], queue) + self.query_loss(out_b["q"], out_a["k"], queue))
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

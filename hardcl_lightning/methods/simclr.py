@@ -20,6 +20,8 @@ class SimCLR(BaseMethod):
         proj_output_dim: projector output width (the space of the loss).
         temperature: NT-Xent temperature.
         gather_distributed: use negatives from every rank (autograd-aware gather).
+        tau_plus: > 0 switches to the debiased loss (DCL, Chuang et al. 2020) with this positive prior.
+        hardness_beta: > 0 weights negatives by hardness (HCL, Robinson et al. 2021).
 
     Defaults follow the paper: LARS, lr 0.3 x batch/256, weight decay 1e-6.
     """
@@ -30,6 +32,8 @@ class SimCLR(BaseMethod):
         proj_output_dim: int = 128,
         temperature: float = 0.2,
         gather_distributed: bool = True,
+        tau_plus: float = 0.0,
+        hardness_beta: float = 0.0,
         optimizer: str = "lars",
         lr: float = 0.3,
         weight_decay: float = 1e-6,
@@ -41,6 +45,7 @@ class SimCLR(BaseMethod):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2)
         self.temperature, self.gather_distributed = temperature, gather_distributed
+        self.tau_plus, self.hardness_beta = tau_plus, hardness_beta
 
     def learnable_modules(self) -> dict[str, nn.Module]:
         return {**super().learnable_modules(), "projector": self.projector}
@@ -50,4 +55,5 @@ class SimCLR(BaseMethod):
         return {"feats": feats, "z": self.projector(feats)}
 
     def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
-        return nt_xent(out_a["z"], out_b["z"], self.temperature, reduction="none", gather_distributed=self.gather_distributed)
+        return nt_xent(out_a["z"], out_b["z"], self.temperature, reduction="none", gather_distributed=self.gather_distributed,
+                       tau_plus=self.tau_plus, hardness_beta=self.hardness_beta)

@@ -1,0 +1,109 @@
+"""Hard negative mixing (MoCHi, Kalantidis et al., NeurIPS 2020, sec. 4), as a standalone function.
+
+For each query q and a bank of negatives (MoCo's queue, or SimCLR's in-batch negatives):
+
+1. take the N hardest negatives of *this* query, by similarity q . n;
+2. s synthetic negatives ``h = normalize(a n_i + (1 - a) n_j)``, a ~ U(0, 1), i != j drawn from those N (eq. 3);
+3. s' synthetic negatives ``h' = normalize(b q + (1 - b) n_j)``, b ~ U(0, 0.5) (eq. 4; b < 0.5 keeps the
+   query's own contribution below the negative's).
+
+The synthetic points are detached: gradient reaches the query only through the logit q . h. The
+whole computation is batched (gathers over [B, N, D]); nothing loops over queries or over s.
+Usage on any bank::
+
+    mixed = mix_hard_negatives(q, bank, num_hard=1024, num_mix=1024, num_mix_query=512)
+    extra_logits = (F.normalize(q, dim=1).unsqueeze(1) * mixed.synthetic).sum(-1) / temperature
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class MixingDraws:
+    """The random draws of one mixing step (shapes [B, s] and [B, s'])."""
+
+    index_i: torch.Tensor
+    index_j: torch.Tensor
+    alpha: torch.Tensor
+    index_query_mix: torch.Tensor
+    beta: torch.Tensor
+
+
+@dataclass
+class MixedNegatives:
+    synthetic: torch.Tensor  # [B, s + s', D], unit norm, no gradient
+    hard_index: torch.Tensor  # [B, N] indices into the bank, hardest first
+    hard_similarity: torch.Tensor  # [B, N]
+    draws: MixingDraws
+
+
+def sample_mixing_draws(
+    batch: int, num_hard: int, num_mix: int, num_mix_query: int, device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> MixingDraws:
+    """Index pairs i != j in [0, N), a ~ U(0, 1), query-mix indices and b ~ U(0, 0.5)."""
+    if num_mix > 0 and num_hard < 2:
+        raise ValueError(f"mixing two negatives needs num_hard >= 2, got {num_hard}")
+    kw = dict(device="cpu", generator=generator)
+    i = torch.randint(num_hard, (batch, num_mix), **kw)
+    j = torch.randint(max(1, num_hard - 1), (batch, num_mix), **kw)
+    j = j + (j >= i).long()  # uniform over [0, N) \\ {i}
+    alpha = torch.rand(batch, num_mix, **kw)
+    jq = torch.randint(num_hard, (batch, num_mix_query), **kw)
+    beta = 0.5 * torch.rand(batch, num_mix_query, **kw)
+    return MixingDraws(*(t.to(device) for t in (i, j, alpha, jq, beta)))
+
+
+@torch.no_grad()
+def mix_hard_negatives(
+    query: torch.Tensor,
+    negatives: torch.Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_mix_query: int,
+    draws: MixingDraws | None = None,
+    generator: torch.Generator | None = None,
+    similarities: torch.Tensor | None = None,
+) -> MixedNegatives:
+    """Synthesise ``num_mix + num_mix_query`` hard negatives per query (see module docstring).
+
+    Args:
+        query: [B, D] queries (normalised here).
+        negatives: [K, D] bank shared by all queries, or [B, K, D] one bank per query.
+        num_hard: N, hardest negatives per query to mix from (N <= K).
+        num_mix: s, mixes of two hard negatives.
+        num_mix_query: s', mixes of the query with one hard negative.
+        draws: fixed random draws (tests); sampled when None.
+        similarities: [B, K] cosines of query and bank when the caller already has them.
+    """
+    q = F.normalize(query.float(), dim=-1)
+    bank = F.normalize(negatives.float(), dim=-1)
+    k = bank.shape[-2]
+    if not 1 <= num_hard <= k:
+        raise ValueError(f"num_hard (N) must be in [1, {k}] (the number of negatives), got {num_hard}")
+    if num_mix < 0 or num_mix_query < 0:
+        raise ValueError(f"num_mix (s) and num_mix_query (s') must be >= 0, got {num_mix} and {num_mix_query}")
+    b, d = q.shape
+    if similarities is not None:
+        sims = similarities.float()
+    else:
+        sims = torch.einsum("bd,kd->bk", q, bank) if bank.dim() == 2 else torch.einsum("bd,bkd->bk", q, bank)
+    hard_sim, hard_idx = sims.topk(num_hard, dim=1)  # [B, N]
+    hard = bank[hard_idx] if bank.dim() == 2 else bank.gather(1, hard_idx.unsqueeze(-1).expand(-1, -1, d))  # [B, N, D]
+    if draws is None:
+        draws = sample_mixing_draws(b, num_hard, num_mix, num_mix_query, q.device, generator)
+
+    def pick(index: torch.Tensor) -> torch.Tensor:  # [B, M] -> [B, M, D]
+        return hard.gather(1, index.unsqueeze(-1).expand(-1, -1, d))
+
+    a = draws.alpha.unsqueeze(-1)
+    mixed = a * pick(draws.index_i) + (1 - a) * pick(draws.index_j)
+    beta = draws.beta.unsqueeze(-1)
+    mixed_q = beta * q.unsqueeze(1) + (1 - beta) * pick(draws.index_query_mix)
+    synthetic = F.normalize(torch.cat([mixed, mixed_q], dim=1), dim=-1)
+    return MixedNegatives(synthetic, hard_idx, hard_sim, draws)

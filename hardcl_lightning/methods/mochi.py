@@ -1,0 +1,79 @@
+"""MoCHi (Kalantidis et al., NeurIPS 2020): MoCo v2 with synthetic hard negatives mixed per query."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hardcl_lightning.hard_negatives import mix_hard_negatives
+from hardcl_lightning.losses import info_nce
+from hardcl_lightning.methods.base import ViewOutputs
+from hardcl_lightning.methods.mocov2 import MoCoV2
+
+
+class MoCHi(MoCoV2):
+    """MoCo v2 plus hard negative mixing on its queue (``hardcl_lightning.hard_negatives``).
+
+    For each query, the N hardest queue negatives give s synthetic negatives mixed from two of
+    them and s' mixed with the query itself; their logits are appended after the queue's. They
+    carry no gradient except through q . h and are never enqueued.
+
+    Args:
+        mixing: (N, s, s') as written in the paper, e.g. (1024, 1024, 512) or (256, 512, 0).
+        mix_start_epoch: epochs of plain MoCo v2 before mixing starts (the paper warms up first).
+    """
+
+    def __init__(self, mixing: tuple[int, int, int] = (1024, 1024, 512), mix_start_epoch: int = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        num_hard, num_mix, num_mix_query = mixing
+        if not 1 <= num_hard <= self.queue_size:
+            raise ValueError(f"MoCHi N={num_hard} must be in [1, queue_size={self.queue_size}]")
+        if num_mix < 0 or num_mix_query < 0:
+            raise ValueError(f"MoCHi s and s' must be >= 0, got mixing={tuple(mixing)}")
+        if num_mix > 0 and num_hard < 2:
+            raise ValueError(f"MoCHi mixes pairs of hard negatives: N must be >= 2 when s > 0, got mixing={tuple(mixing)}")
+        if mix_start_epoch < 0:
+            raise ValueError(f"mix_start_epoch must be >= 0, got {mix_start_epoch}")
+        self.num_hard, self.num_mix, self.num_mix_query = num_hard, num_mix, num_mix_query
+        self.mix_start_epoch = mix_start_epoch
+        self.last_mixing_stats: dict[str, torch.Tensor] = {}
+
+    @property
+    def mixing_active(self) -> bool:
+        return self.num_mix + self.num_mix_query > 0 and (self._trainer is None or self.current_epoch >= self.mix_start_epoch)
+
+    def query_loss(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        if not self.mixing_active:
+            return super().query_loss(query, key, queue)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            q = F.normalize(query.float(), dim=1)
+            real_sim = q @ F.normalize(queue.float(), dim=1).T  # [B, K], once: mixing, loss and stats share it
+            mixed = mix_hard_negatives(q.detach(), queue, self.num_hard, self.num_mix, self.num_mix_query,
+                                       similarities=real_sim.detach())
+            syn_sim = torch.einsum("bd,bmd->bm", q, mixed.synthetic)  # gradient through q only
+        self._record_stats(real_sim.detach(), mixed.hard_similarity, syn_sim.detach())
+        return info_nce(query, key, None, self.temperature, reduction="none", extra_negative_logits=syn_sim / self.temperature,
+                        tau_plus=self.tau_plus, hardness_beta=self.hardness_beta, negative_similarities=real_sim)
+
+    @torch.no_grad()
+    def _record_stats(self, real_sim: torch.Tensor, hard_sim: torch.Tensor, syn_sim: torch.Tensor) -> None:
+        """The paper's hardness analysis (sec. 3): how hard the real and synthetic negatives are, and
+        the share of synthetic points among each query's top-N negative logits."""
+        all_sim = torch.cat([real_sim, syn_sim], dim=1)
+        top = all_sim.topk(self.num_hard, dim=1).indices
+        self.last_mixing_stats = {
+            "hard/mochi_hard_sim_mean": hard_sim.mean(),
+            "hard/mochi_hard_sim_max": hard_sim.max(),
+            "hard/mochi_synthetic_sim_mean": syn_sim.mean(),
+            "hard/mochi_synthetic_sim_max": syn_sim.max(),
+            "hard/mochi_topk_synthetic_share": (top >= real_sim.shape[1]).float().mean(),
+        }
+
+    def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
+        if self.last_mixing_stats:
+            self.log_dict(self.last_mixing_stats, on_step=True, on_epoch=True)
+            self.last_mixing_stats = {}
+        super().after_training_loss(outs)

@@ -1,0 +1,146 @@
+"""MoCHi's mixer, MoCHi itself, and the DCL / HCL losses against naive references."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hardcl_lightning.hard_negatives import mix_hard_negatives, sample_mixing_draws
+from hardcl_lightning.losses import info_nce, nt_xent, reweighted_negatives_loss
+from hardcl_lightning.methods import MoCHi, MoCoV2
+
+
+def naive_mix(q, bank, n, draws):
+    """Per-query loop: sort this query's negatives by similarity, mix as in eqs. 3-4."""
+    out = []
+    for b in range(q.shape[0]):
+        qb = F.normalize(q[b], dim=0)
+        negs = F.normalize(bank, dim=1)
+        sims = [float(qb @ negs[k]) for k in range(negs.shape[0])]
+        hard = [negs[k] for k in sorted(range(len(sims)), key=lambda k: -sims[k])[:n]]
+        rows = []
+        for t in range(draws.index_i.shape[1]):
+            a = draws.alpha[b, t]
+            rows.append(F.normalize(a * hard[draws.index_i[b, t]] + (1 - a) * hard[draws.index_j[b, t]], dim=0))
+        for t in range(draws.index_query_mix.shape[1]):
+            beta = draws.beta[b, t]
+            rows.append(F.normalize(beta * qb + (1 - beta) * hard[draws.index_query_mix[b, t]], dim=0))
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+def test_vectorised_mixer_equals_per_query_loop():
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(5, 8, generator=g), torch.randn(40, 8, generator=g)
+    draws = sample_mixing_draws(5, 10, 7, 3, generator=g)
+    got = mix_hard_negatives(q, bank, 10, 7, 3, draws=draws)
+    assert torch.allclose(got.synthetic, naive_mix(q, bank, 10, draws), atol=1e-6)
+
+
+def test_every_query_mixes_its_own_hardest_negatives():
+    """Two queries whose hard sets are disjoint: each query's synthetic points lie in its own cluster."""
+    d = 16
+    e0, e1 = torch.eye(d)[0], torch.eye(d)[1]
+    g = torch.Generator().manual_seed(1)
+    cluster0 = F.normalize(e0 + 0.1 * torch.randn(8, d, generator=g), dim=1)
+    cluster1 = F.normalize(e1 + 0.1 * torch.randn(8, d, generator=g), dim=1)
+    bank = torch.cat([cluster0, cluster1, -torch.eye(d)[2:6]])
+    q = torch.stack([e0, e1])
+    mixed = mix_hard_negatives(q, bank, num_hard=8, num_mix=20, num_mix_query=0)
+    assert set(mixed.hard_index[0].tolist()) == set(range(8)) and set(mixed.hard_index[1].tolist()) == set(range(8, 16))
+    syn = mixed.synthetic
+    assert (syn[0] @ e0 > 0.8).all() and (syn[0] @ e1 < 0.5).all()
+    assert (syn[1] @ e1 > 0.8).all() and (syn[1] @ e0 < 0.5).all()
+
+
+def test_draw_properties_and_synthetic_points():
+    draws = sample_mixing_draws(64, 16, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert (draws.beta >= 0).all() and (draws.beta < 0.5).all()
+    assert (draws.index_i != draws.index_j).all()
+    q = torch.randn(64, 8, requires_grad=True)
+    mixed = mix_hard_negatives(q, torch.randn(100, 8), 16, 32, 32, draws=draws)
+    assert torch.allclose(mixed.synthetic.norm(dim=-1), torch.ones(64, 64), atol=1e-5)
+    assert not mixed.synthetic.requires_grad
+    with pytest.raises(ValueError, match="num_hard"):
+        mix_hard_negatives(q, torch.randn(10, 8), 11, 1, 1)
+
+
+def tiny(cls, **kw):
+    torch.manual_seed(0)
+    return cls(backbone="resnet_tiny", cifar_stem=True, proj_hidden_dim=32, proj_output_dim=16, queue_size=64, **kw)
+
+
+def test_mochi_without_mixing_is_moco_and_mixing_leaves_the_queue_alone():
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    moco, plain = tiny(MoCoV2).eval(), tiny(MoCHi, mixing=(16, 0, 0)).eval()
+    plain.load_state_dict(moco.state_dict())
+    assert torch.allclose(plain.training_loss(plain.embed(views)), moco.training_loss(moco.embed(views)), atol=1e-6)
+    mochi = tiny(MoCHi, mixing=(16, 8, 4)).eval()
+    mochi.load_state_dict(moco.state_dict())
+    queue = mochi.queue.clone()
+    outs = mochi.embed(views)
+    loss = mochi.training_loss(outs)
+    assert torch.equal(mochi.queue, queue)  # scoring and mixing never touch the queue
+    assert loss > moco.training_loss(moco.embed(views))  # extra (hard) negatives raise the loss
+    mochi.after_training_loss(outs)
+    assert torch.equal(mochi.queue[:4], outs[0]["k"]) and torch.equal(mochi.queue[4:], queue[4:])  # keys only
+
+
+def test_mix_start_epoch_and_bad_configurations():
+    m = tiny(MoCHi, mixing=(16, 8, 4), mix_start_epoch=2)
+
+    class FakeTrainer:
+        current_epoch = 1
+
+    m._trainer = FakeTrainer()
+    assert not m.mixing_active
+    FakeTrainer.current_epoch = 2
+    assert m.mixing_active
+    m._trainer = None
+    with pytest.raises(ValueError, match=r"N=128 must be in \[1, queue_size=64\]"):
+        tiny(MoCHi, mixing=(128, 8, 4))
+    with pytest.raises(ValueError, match="s and s'"):
+        tiny(MoCHi, mixing=(16, -1, 4))
+
+
+def naive_dcl_hcl(pos, negs, t, tau_plus, beta):
+    """Chuang et al. / Robinson et al. by explicit sums over negatives (pos, negs are cosines)."""
+    out = []
+    for p, ns in zip(pos.tolist(), negs.tolist()):
+        m = len(ns)
+        imp = [math.exp(beta * n / t) for n in ns]
+        mean_imp = sum(imp) / m
+        reweighted = sum(w * math.exp(n / t) for w, n in zip(imp, ns)) / mean_imp
+        ng = max((reweighted - tau_plus * m * math.exp(p / t)) / (1 - tau_plus), m * math.exp(-1 / t))
+        out.append(-math.log(math.exp(p / t) / (math.exp(p / t) + ng)))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("tau_plus, beta", [(0.1, 0.0), (0.0, 1.0), (0.1, 1.0), (0.3, 0.5)])
+def test_dcl_and_hcl_match_hand_written_formulas(tau_plus, beta):
+    g = torch.Generator().manual_seed(3)
+    pos, negs, t = torch.rand(6, generator=g) * 2 - 1, torch.rand(6, 9, generator=g) * 2 - 1, 0.5
+    got = reweighted_negatives_loss(pos / t, negs / t, t, tau_plus, beta)
+    assert torch.allclose(got.double(), naive_dcl_hcl(pos, negs, t, tau_plus, beta).double(), atol=1e-5)
+
+
+def test_dcl_and_hcl_reduce_to_infonce():
+    g = torch.Generator().manual_seed(4)
+    q, k, queue = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(20, 8, generator=g)
+    plain = info_nce(q, k, queue, 0.2, reduction="none")
+    qn, kn, nn_ = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)
+    general = reweighted_negatives_loss((qn * kn).sum(1) / 0.2, qn @ nn_.T / 0.2, 0.2, 0.0, 0.0)
+    assert torch.allclose(plain, general, atol=1e-5)
+    a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    assert torch.allclose(nt_xent(a, b, 0.3, "none", tau_plus=1e-9, hardness_beta=1e-9), nt_xent(a, b, 0.3, "none"), atol=1e-5)
+    with pytest.raises(ValueError, match="tau_plus"):
+        reweighted_negatives_loss(torch.zeros(1), torch.zeros(1, 2), 0.2, tau_plus=1.0)
+
+
+def test_mochi_gradient_reaches_the_query_through_synthetic_logits_only():
+    m = tiny(MoCHi, mixing=(16, 8, 4)).eval()
+    q = torch.randn(4, 16, requires_grad=True)
+    k = torch.randn(4, 16)
+    m.query_loss(q, k, m.queue).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
