@@ -56,3 +56,38 @@ def test_two_rank_nt_xent_matches_single_process():
     assert torch.allclose(loss, ref_loss.detach(), atol=1e-5)
     assert torch.allclose(grad, w1.grad, atol=1e-5), (grad - w1.grad).abs().max()
     assert uneven.tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+
+
+class _FakeModule(torch.nn.Module):
+    """What extract_features needs of a LightningModule: a backbone, a device and a feature dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Flatten()
+        self.device = torch.device("cpu")
+        self.feature_dim = 3
+
+
+def _bank_worker(rank, world, port, out):
+    from hardcl_lightning.callbacks.features import extract_features
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        images = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
+        loader = [{"image": images[i : i + 2], "label": torch.arange(i, min(i + 2, 7))} for i in range(0, 7, 2)]
+        feats, labels = extract_features(_FakeModule(), loader)
+        if rank == 0:
+            out["feats"], out["labels"] = feats, labels
+    finally:
+        dist.destroy_process_group()
+
+
+def test_knn_bank_holds_every_image_once_across_ranks():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_bank_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        feats, labels = out["feats"], out["labels"]
+    assert sorted(labels.tolist()) == list(range(7))
+    for f, y in zip(feats, labels):
+        assert torch.equal(f, torch.arange(3, dtype=torch.float32) + 3 * y)
