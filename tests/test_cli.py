@@ -102,3 +102,25 @@ def test_cli_defaults_are_the_python_defaults(name, tmp_path, monkeypatch):
     direct = getattr(methods, name)(backbone="resnet_tiny")
     for attr in ("optimizer_name", "base_lr", "weight_decay", "warmup_epochs", "num_views", "ema_momentum", "ema_momentum_end"):
         assert getattr(from_cli, attr, None) == getattr(direct, attr, None), attr
+
+
+def test_validate_test_predict_and_wandb_offline(tmp_path, monkeypatch):
+    """fit with a WandbLogger (offline), then validate / test / predict from the saved checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    tiny = str(CONFIGS[0].parent / "tiny" / "simclr.yaml")
+    small = ["--data.init_args.num_train=64", "--data.init_args.num_val=32", "--data.init_args.batch_size=16",
+             "--data.init_args.num_workers=0", f"--trainer.default_root_dir={tmp_path}"]
+    main(["fit", "--config", tiny, *small, "--trainer.max_epochs=1",
+          "--trainer.logger=lightning.pytorch.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          "--trainer.logger.init_args.project=hardcl-test"])
+    assert list(tmp_path.rglob("*.wandb")), "no offline wandb run was written"
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    assert (ckpt.parents[2] / "config.yaml").is_file() or list(tmp_path.rglob("config.yaml"))
+    for sub in ("validate", "test"):
+        main([sub, "--config", tiny, *small, "--trainer.logger=false", f"--ckpt_path={ckpt}"])
+    cli = build_cli(["predict", "--config", tiny, *small, "--trainer.logger=false", f"--ckpt_path={ckpt}",
+                     "--trainer.callbacks=[]"])
+    preds = cli.trainer.predict_loop.predictions
+    assert sum(p.shape[0] for p in preds) == 32 and preds[0].shape[1] == cli.model.feature_dim

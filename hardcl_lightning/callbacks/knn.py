@@ -129,6 +129,22 @@ class OnlineKNN(L.Callback):
         acc = self.evaluate(trainer, pl_module, q_f, q_y)
         self._record(trainer, pl_module, acc, trainer.current_epoch + 1, f"epoch {trainer.current_epoch + 1}")
 
+    # ``hardcl test``: the same evaluation on the test loader, logged as knn/test_acc
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_validation_epoch_start(trainer, pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._val_feats or not self._check_data(trainer):
+            return
+        q_f, q_y = gather_no_grad(torch.cat(self._val_feats)), gather_no_grad(torch.cat(self._val_labels))
+        self._val_feats, self._val_labels = [], []
+        acc = self.evaluate(trainer, pl_module, q_f, q_y)
+        pl_module.log("knn/test_acc", acc, rank_zero_only=True)
+        rank_zero_info(f"[kNN k={self.k} T={self.temperature}] test: acc {100 * acc:.2f}%")
+
     def state_dict(self) -> dict[str, Any]:
         return {"best_acc": self.best_acc, "history": list(self.history)}
 

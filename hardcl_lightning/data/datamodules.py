@@ -190,6 +190,13 @@ class SSLDataModule(L.LightningDataModule):
             return []
         return self._loader(EvalDataset(self._val, self.eval_transform()), shuffle=False, drop_last=False)
 
+    def test_dataloader(self) -> DataLoader | list:
+        """The labelled evaluation set (the same split as validation; SSL benchmarks report on it)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
     def bank_dataloader(self) -> DataLoader:
         """The un-augmented training set for the kNN bank (labels needed)."""
         self.setup()

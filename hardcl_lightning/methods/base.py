@@ -14,6 +14,7 @@ needs nothing else.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import defaultdict
 from typing import Any, Sequence
@@ -137,7 +138,16 @@ class BaseMethod(L.LightningModule):
         return {"loss": loss, "feats": feats, "labels": labels}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Backbone features of un-augmented images; the kNN and probe callbacks consume them."""
         return {"feats": self.backbone(batch["image"]), "labels": batch["label"]}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """As validation (``hardcl test`` reports kNN accuracy on the datamodule's test loader)."""
+        return self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Backbone features (``hardcl predict``), for batches in validation layout or plain tensors."""
+        return self.backbone(batch["image"] if isinstance(batch, dict) else batch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features: what downstream tasks use."""
@@ -202,8 +212,7 @@ class MomentumMethod(BaseMethod):
 
     @staticmethod
     def make_target(module: nn.Module) -> nn.Module:
-        import copy
-
+        """A frozen copy of ``module`` that only the EMA update changes."""
         target = copy.deepcopy(module)
         for p in target.parameters():
             p.requires_grad_(False)
