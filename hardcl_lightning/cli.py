@@ -13,6 +13,7 @@ import sys
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from hardcl_lightning.checkpointing import AtomicCheckpointIO
 from hardcl_lightning.data.datamodules import SSLDataModule
 from hardcl_lightning.methods.base import BaseMethod
 
@@ -33,6 +34,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # checkpoints are written atomically unless a config sets its own plugins (then list it there)
+        trainer_defaults={"plugins": [AtomicCheckpointIO()]},
         args=args,
         auto_configure_optimizers=False,
         run=run,

@@ -185,3 +185,30 @@ def test_dino_on_vit_with_local_crops():
     loss = m.training_loss(outs)
     loss.backward()
     assert torch.isfinite(loss) and m.backbone.vit.encoder.pos_embedding.grad is not None
+
+
+def test_nonfinite_loss_raises_naming_step_and_terms_or_skips(tmp_path):
+    class NaNAtStep2(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                batch["views"][0][0] = float("nan")  # one image of view 0
+
+    def fit(policy):
+        m = make(SimCLR, optimizer="sgd", lr=0.01, on_nonfinite_loss=policy)
+        dm = ShapesDataModule(num_train=64, num_val=12, batch_size=8, num_workers=0, image_size=16)
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, limit_val_batches=0, callbacks=[NaNAtStep2()], enable_model_summary=False)
+        before = [p.detach().clone() for p in m.parameters()]
+        return m, trainer, dm, before
+
+    m, trainer, dm, _ = fit("raise")
+    with pytest.raises(FloatingPointError, match=r"global step 2 .*view0/feats"):
+        trainer.fit(m, dm)
+    assert all(torch.isfinite(p).all() for p in m.parameters())  # raised before the update
+
+    m, trainer, dm, _ = fit("skip")
+    trainer.fit(m, dm)
+    assert m.skipped_nonfinite_steps == 1  # the NaN batch contributed no gradient; training went on
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    with pytest.raises(ValueError, match="'ignore'"):
+        make(SimCLR, on_nonfinite_loss="ignore")

@@ -47,6 +47,9 @@ class BaseMethod(L.LightningModule):
         lars_eta: LARS trust coefficient.
         warmup_epochs: linear warm-up length, then cosine decay to ``min_lr_ratio`` x lr.
         min_lr_ratio: final LR as a fraction of the peak.
+        on_nonfinite_loss: ``raise`` stops training with an error naming the step and the loss
+            terms (before any optimiser step, so no weights or checkpoints become NaN); ``skip``
+            drops that step's update and goes on.
     """
 
     def __init__(
@@ -65,8 +68,13 @@ class BaseMethod(L.LightningModule):
         lars_eta: float = 0.02,
         warmup_epochs: float = 10.0,
         min_lr_ratio: float = 0.0,
+        on_nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        if on_nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}")
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_nonfinite_steps = 0
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
         if num_views < 2:
@@ -119,14 +127,39 @@ class BaseMethod(L.LightningModule):
                 f"set data num_views to {self.num_views} (the CLI links it from model.num_views)"
             )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        views = batch["views"]
-        self.check_views(views)
-        outs = self.embed(views)
+    def training_views(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The views this step trains on (hard-sample sources override this, e.g. HVS's selection)."""
+        self.check_views(batch["views"])
+        return list(batch["views"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        outs = self.embed(self.training_views(batch))
         loss = self.training_loss(outs)
+        if self.nonfinite(loss, outs):
+            return None
         self.after_training_loss(outs)
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return self.step_output(loss, outs, batch)
+
+    def nonfinite(self, loss: torch.Tensor, outs: Sequence[ViewOutputs]) -> bool:
+        """True when this step must be skipped; raises for ``on_nonfinite_loss="raise"``.
+
+        Checked before the backward pass and the optimiser step, so a NaN never reaches the weights.
+        """
+        if torch.isfinite(loss).all():
+            return False
+        step = self.trainer.global_step if self._trainer is not None else 0
+        terms = {f"view{i}/{k}": bool(torch.isfinite(t).all()) for i, o in enumerate(outs) for k, t in o.items()}
+        bad = sorted(k for k, ok in terms.items() if not ok) or ["none of the embeddings (the loss itself)"]
+        if self.on_nonfinite_loss == "skip":
+            self.skipped_nonfinite_steps += 1
+            self.log("train/skipped_nonfinite_steps", float(self.skipped_nonfinite_steps))
+            return True
+        raise FloatingPointError(
+            f"non-finite training loss {loss.item()} at global step {step} (epoch {self.current_epoch}); "
+            f"non-finite terms: {', '.join(bad)}. Lower the LR, check the data, or set "
+            "model.on_nonfinite_loss: skip to drop such steps"
+        )
 
     def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
         """Hook for state updates that follow the loss (e.g. MoCo's enqueue)."""

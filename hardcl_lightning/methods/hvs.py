@@ -183,14 +183,9 @@ class HardViewSelectionMixin:
                 f"{len(views)}; set data num_views to {self.num_views} (the CLI links it from model.num_views)"  # type: ignore[attr-defined]
             )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_views(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         self.check_views(batch["views"])
-        chosen = self.select_views(batch)
-        outs = self.embed(chosen)  # type: ignore[attr-defined]
-        loss = self.training_loss(outs)  # type: ignore[attr-defined]
-        self.after_training_loss(outs)  # type: ignore[attr-defined]
-        self.log("train/loss", loss, prog_bar=True)  # type: ignore[attr-defined]
-        return self.step_output(loss, outs, batch)  # type: ignore[attr-defined]
+        return self.select_views(batch)
 
 
 class HVSSimCLR(HardViewSelectionMixin, SimCLR):
