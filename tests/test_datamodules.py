@@ -78,3 +78,30 @@ def test_impossible_view_counts_are_rejected():
 
     with pytest.raises(ValueError, match="num_views must be >= 2"):
         SimCLR(backbone="resnet_tiny", num_views=1)
+
+
+def test_corrupt_and_truncated_images_fail_by_name_or_are_skipped(image_folder):
+    train = image_folder / "train" / "class_0"
+    (train / "corrupt.jpg").write_bytes(b"this is not a jpeg")
+    good = (train / "0.jpg").read_bytes()
+    (train / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    kw = dict(train_dir=str(image_folder / "train"), val_dir=str(image_folder / "val"), image_size=24, batch_size=4, num_workers=0)
+    dm = ImageFolderDataModule(**kw)
+    dm.setup()
+    with pytest.raises(ValueError, match=r"corrupt\.jpg|truncated\.jpg"):
+        for _ in dm.bank_dataloader():
+            pass
+    dm = ImageFolderDataModule(**kw, bad_images="skip")
+    dm.setup()
+    with pytest.warns(UserWarning, match="skipped unreadable image"):
+        n = sum(b["image"].shape[0] for b in dm.bank_dataloader())
+    assert n == 20 and {p.rsplit("/", 1)[-1] for p in dm._train.skipped} == {"corrupt.jpg", "truncated.jpg"}
+    with pytest.raises(ValueError, match="'ignore'"):
+        ImageFolderDataModule(**kw, bad_images="ignore")
+
+
+def test_empty_image_folder_names_the_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    dm = ImageFolderDataModule(train_dir=str(tmp_path / "empty"), batch_size=2, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"empty.*no images in class sub-folders"):
+        dm.setup()

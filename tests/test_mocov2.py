@@ -51,3 +51,16 @@ def test_momentum_update_formula():
     m.momentum_update(0.9)
     for o, t, new in zip(online, target, m.momentum_backbone.parameters()):
         assert torch.allclose(new, 0.9 * t + 0.1 * o)
+
+
+def test_queue_size_must_divide_by_the_global_batch(tmp_path):
+    import lightning as L
+
+    from hardcl_lightning.data import ShapesDataModule
+
+    m = tiny_moco(queue_size=64, batch_size=24)
+    dm = ShapesDataModule(num_train=48, num_val=12, batch_size=24, num_workers=0, image_size=16)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"queue_size 64 is not a multiple of the global batch 24"):
+        trainer.fit(m, dm)

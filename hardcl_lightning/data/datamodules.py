@@ -11,6 +11,7 @@ CLI, ``num_views`` is linked from the model so that it is written once.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -336,10 +337,44 @@ class STL10DataModule(_TorchvisionDataModule):
         return 10
 
 
+class _CheckedImageFolder(Dataset):
+    """An ImageFolder whose unreadable files (corrupt, truncated, not an image) fail with their path, or are skipped."""
+
+    def __init__(self, root: str, bad_images: str) -> None:
+        from torchvision.datasets import ImageFolder
+
+        self.folder = ImageFolder(root)
+        self.classes, self.targets, self.samples = self.folder.classes, self.folder.targets, self.folder.samples
+        self.bad_images = bad_images
+        self.skipped: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        for attempt in range(len(self.folder)):
+            j = (i + attempt) % len(self.folder)
+            try:
+                return self.folder[j]
+            except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for corrupt / truncated files
+                path = self.samples[j][0]
+                if self.bad_images == "fail":
+                    raise ValueError(
+                        f"cannot read image {path!r} ({type(e).__name__}: {e}); remove it, or set "
+                        "data.init_args.bad_images: skip to skip unreadable files"
+                    ) from e
+                if path not in self.skipped:
+                    self.skipped.add(path)
+                    warnings.warn(f"skipped unreadable image {path!r} ({len(self.skipped)} skipped so far in this loader process)")
+        raise ValueError(f"no readable image in {self.folder.root!r}")
+
+
 class ImageFolderDataModule(SSLDataModule):
     """Any ``root/<class>/<image>`` tree (ImageNet-100 is one); ``val_dir`` is optional.
 
     Without ``val_dir``, the online kNN and linear probe switch themselves off with a message.
+    ``bad_images``: ``fail`` (default) stops at an unreadable file and names it; ``skip`` uses the
+    next readable image instead and logs each skipped file with a running count.
     """
 
     def __init__(
@@ -349,22 +384,23 @@ class ImageFolderDataModule(SSLDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         eval_resize_ratio: float = 256 / 224,
+        bad_images: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if bad_images not in ("fail", "skip"):
+            raise ValueError(f"bad_images must be 'fail' or 'skip', got {bad_images!r}")
+        self.bad_images = bad_images
         self.train_dir, self.val_dir = train_dir, val_dir
         self.mean, self.std, self.eval_resize_ratio = tuple(mean), tuple(std), eval_resize_ratio  # type: ignore[assignment]
         self._num_classes: int | None = None
 
-    @staticmethod
-    def _folder(path: str, what: str) -> Dataset:
-        from torchvision.datasets import ImageFolder
-
+    def _folder(self, path: str, what: str) -> Dataset:
         p = Path(path)
         if not p.is_dir():
             raise FileNotFoundError(f"{what}={str(p)!r} is not a directory; expected an ImageFolder tree root/<class>/<image>")
         try:
-            return ImageFolder(str(p))
+            return _CheckedImageFolder(str(p), self.bad_images)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{what}={str(p)!r} holds no images in class sub-folders: {e}") from e
 
