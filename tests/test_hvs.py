@@ -160,3 +160,23 @@ def test_short_run_selects_pairs_that_overlap_less_and_logs_a_grid(tmp_path):
     assert metrics["hard/hvs_loss_selected_epoch"] > metrics["hard/hvs_loss_mean_epoch"]
     assert sum(metrics[f"hard/hvs_win_frac_{k}_epoch"] for k in range(4)) == pytest.approx(2.0)
     assert grid.saved and grid.saved[0].is_file()
+
+
+@pytest.mark.parametrize("cls", [HVSMoCoV2, HVSBYOL, HVSDINO], ids=lambda c: c.__name__)
+def test_training_forward_reuses_the_scoring_pass_target_outputs(cls):
+    """The chosen views' target outputs come from the scoring pass: identical values, one target forward per step."""
+    torch.manual_seed(0)
+    m = cls(**TINY, **HEADS[cls], num_views=4).eval()
+    g = torch.Generator().manual_seed(5)
+    cands = [torch.randn(5, 3, 16, 16, generator=g) for _ in range(4)]
+    calls = []
+    original = m.embed_target
+    m.embed_target = lambda x: (calls.append(x.shape[0]), original(x))[1]  # type: ignore[method-assign]
+    chosen = m.select_views({"views": cands})
+    reused = m.embed(chosen)
+    assert len(calls) == 1  # the scoring pass only
+    fresh = super(cls, m).embed(chosen)  # recompute everything
+    key = m.target_keys[0]
+    for r, f in zip(reused, fresh):
+        assert torch.allclose(r[key], f[key], atol=1e-5)
+    assert m.embed(chosen) and len(calls) == 3  # the stash is used once; later calls compute their own

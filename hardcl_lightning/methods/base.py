@@ -101,14 +101,26 @@ class BaseMethod(L.LightningModule):
         """Per-sample loss [B] of the pair of views (a, b)."""
         raise NotImplementedError
 
-    def embed(self, views: Sequence[torch.Tensor]) -> list[ViewOutputs]:
-        """Embed each view; views of equal shape share one batched forward."""
+    #: outputs computed without gradient by target (EMA) networks, e.g. MoCo's keys; they do not
+    #: depend on which step of a training iteration asks for them, so view selection can reuse them
+    target_keys: tuple[str, ...] = ()
+
+    def embed_online(self, x: torch.Tensor) -> ViewOutputs:
+        """The outputs of ``embed_batch`` without the ``target_keys`` (same as it, for methods without targets)."""
+        return self.embed_batch(x)
+
+    def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[ViewOutputs]:
+        """Embed each view; views of equal shape share one batched forward.
+
+        ``targets=False`` skips the target networks (``embed_online``); the caller supplies them.
+        """
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, v in enumerate(views):
             by_shape[tuple(v.shape)].append(i)
         outs: list[ViewOutputs | None] = [None] * len(views)
+        forward = self.embed_batch if targets else self.embed_online
         for idxs in by_shape.values():
-            batch_out = self.embed_batch(torch.cat([views[i] for i in idxs]))
+            batch_out = forward(torch.cat([views[i] for i in idxs]))
             chunks = {k: t.chunk(len(idxs)) for k, t in batch_out.items()}
             for j, i in enumerate(idxs):
                 outs[i] = {k: c[j] for k, c in chunks.items()}
@@ -242,6 +254,18 @@ class MomentumMethod(BaseMethod):
     @property
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         raise NotImplementedError
+
+    def embed_online(self, x: torch.Tensor) -> ViewOutputs:
+        raise NotImplementedError
+
+    def embed_target(self, x: torch.Tensor) -> ViewOutputs:
+        """The target (EMA) networks' outputs, keyed by ``target_keys``."""
+        raise NotImplementedError
+
+    def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
+        with torch.no_grad():
+            target = self.embed_target(x)
+        return {**self.embed_online(x), **target}
 
     @staticmethod
     def make_target(module: nn.Module) -> nn.Module:

@@ -53,11 +53,14 @@ class BYOL(MomentumMethod):
     def learnable_modules(self) -> dict[str, nn.Module]:
         return {**super().learnable_modules(), "projector": self.projector, "predictor": self.predictor}
 
-    def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
+    target_keys = ("z_target",)
+
+    def embed_online(self, x: torch.Tensor) -> ViewOutputs:
         feats = self.backbone(x)
-        with torch.no_grad():
-            z_target = self.momentum_projector(self.momentum_backbone(x))
-        return {"feats": feats, "p": self.predictor(self.projector(feats)), "z_target": z_target}
+        return {"feats": feats, "p": self.predictor(self.projector(feats))}
+
+    def embed_target(self, x: torch.Tensor) -> ViewOutputs:
+        return {"z_target": self.momentum_projector(self.momentum_backbone(x))}
 
     def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
         return byol_regression(out_a["p"], out_b["z_target"], reduction="none") + byol_regression(

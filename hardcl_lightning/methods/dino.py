@@ -123,18 +123,24 @@ class DINO(MomentumMethod):
                 p.grad = None
 
     # --- the contract -----------------------------------------------------------------------
-    def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
+    target_keys = ("teacher",)
+
+    def embed_online(self, x: torch.Tensor) -> ViewOutputs:
         feats = self.backbone(x)
         return {"feats": feats, "student": self.head(feats)}
 
-    def embed(self, views: Sequence[torch.Tensor]) -> list[ViewOutputs]:
+    def embed_target(self, x: torch.Tensor) -> ViewOutputs:
+        return {"teacher": self.momentum_head(self.momentum_backbone(x))}
+
+    def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[ViewOutputs]:
         """Student outputs for every crop; teacher outputs for the global crops, in one pass."""
-        outs = super().embed(views)
-        global_idx = [i for i, v in enumerate(views) if v.shape == views[0].shape]
-        with torch.no_grad():
-            teacher = self.momentum_head(self.momentum_backbone(torch.cat([views[i] for i in global_idx])))
-        for i, t in zip(global_idx, teacher.chunk(len(global_idx))):
-            outs[i]["teacher"] = t
+        outs = super().embed(views, targets=False)
+        if targets:
+            global_idx = [i for i, v in enumerate(views) if v.shape == views[0].shape]
+            with torch.no_grad():
+                teacher = self.embed_target(torch.cat([views[i] for i in global_idx]))["teacher"]
+            for i, t in zip(global_idx, teacher.chunk(len(global_idx))):
+                outs[i]["teacher"] = t
         return outs
 
     def _h(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

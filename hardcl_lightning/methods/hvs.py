@@ -110,6 +110,8 @@ class HardViewSelectionMixin:
         self.selection_resolution, self.select_every = selection_resolution, select_every
         self.pairs = candidate_pairs(self.num_views, pair_mode)  # type: ignore[attr-defined]
         self.last_selection: dict[str, torch.Tensor] = {}
+        # (view a, view b, their target outputs): reused only by an embed of exactly these tensors
+        self._reused_targets: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]] | None = None
 
     # --- selection ----------------------------------------------------------------------------
     def _global_step(self) -> int:
@@ -128,14 +130,37 @@ class HardViewSelectionMixin:
         return p[torch.randperm(p.shape[0], generator=g)[: self.limit_comparisons]]
 
     @torch.no_grad()
-    def score_candidates(self, candidates: Sequence[torch.Tensor], pairs: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss of every candidate pair [P, B]: one batched no-grad forward of all candidates."""
-        if self.selection_resolution is not None and candidates[0].shape[-1] != self.selection_resolution:
+    def score_candidates(
+        self, candidates: Sequence[torch.Tensor], pairs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]] | None]:
+        """Per-sample loss of every candidate pair [P, B] from one batched no-grad forward of all
+        candidates, and those candidates' outputs (None when scored at another resolution)."""
+        resized = self.selection_resolution is not None and candidates[0].shape[-1] != self.selection_resolution
+        if resized:
             size = (self.selection_resolution, self.selection_resolution)
             candidates = [F.interpolate(c, size=size, mode="bilinear", antialias=True, align_corners=False) for c in candidates]
         used = sorted(set(pairs.flatten().tolist()))
         outs = dict(zip(used, self.embed([candidates[i] for i in used])))  # type: ignore[attr-defined]
-        return torch.stack([self.pair_loss(outs[int(i)], outs[int(j)]).float() for i, j in pairs])  # type: ignore[attr-defined]
+        scores = torch.stack([self.pair_loss(outs[int(i)], outs[int(j)]).float() for i, j in pairs])  # type: ignore[attr-defined]
+        return scores, None if resized else outs
+
+    def _chosen_targets(self, outs: dict[int, dict[str, torch.Tensor]], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per sample, the target-network outputs of its chosen candidate (computed while scoring)."""
+        slot = {v: s for s, v in enumerate(outs)}
+        pos = torch.tensor([slot[int(v)] for v in index.tolist()], device=index.device)
+        rows = torch.arange(index.shape[0], device=index.device)
+        return {k: torch.stack([o[k] for o in outs.values()])[pos, rows] for k in self.target_keys}  # type: ignore[attr-defined]
+
+    def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[dict[str, torch.Tensor]]:
+        """The training forward of the chosen pair reuses the target outputs its scoring computed
+        (MoCo's keys, BYOL's target projections, DINO's teacher), so HVS costs only its extra forwards."""
+        reuse, self._reused_targets = self._reused_targets, None
+        if reuse is None or not targets or len(views) < 2 or views[0] is not reuse[0] or views[1] is not reuse[1]:
+            return super().embed(views, targets)  # type: ignore[misc]
+        outs = super().embed(views, targets=False)  # type: ignore[misc]
+        for out, extra in zip(outs, reuse[2]):
+            out.update(extra)
+        return outs
 
     def select_views(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """The views to train on: each sample's hardest candidate pair, then any local crops."""
@@ -145,11 +170,14 @@ class HardViewSelectionMixin:
         if self._global_step() % self.select_every != 0:
             return [candidates[0], candidates[1], *local_crops]
         pairs = self.pairs_to_score().to(candidates[0].device)
-        scores = self.score_candidates(candidates, pairs)
+        scores, outs = self.score_candidates(candidates, pairs)
         idx_a, idx_b, best = select_hardest(scores, pairs)
+        reuse = outs is not None and bool(self.target_keys)  # type: ignore[attr-defined]
         stacked = torch.stack(candidates)  # [N, B, C, H, W]
         rows = torch.arange(stacked.shape[1], device=stacked.device)
         view_a, view_b = stacked[idx_a, rows], stacked[idx_b, rows]
+        if reuse:
+            self._reused_targets = (view_a, view_b, [self._chosen_targets(outs, idx_a), self._chosen_targets(outs, idx_b)])
         self.log_selection(batch, scores, pairs, idx_a, idx_b, best)
         return [view_a, view_b, *local_crops]
 

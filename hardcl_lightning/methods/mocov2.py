@@ -71,11 +71,14 @@ class MoCoV2(MomentumMethod):
                 f"(batch_size {self.batch_size} x {self.trainer.world_size} devices); choose a multiple of {global_batch}"
             )
 
-    def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
+    target_keys = ("k",)
+
+    def embed_online(self, x: torch.Tensor) -> ViewOutputs:
         feats = self.backbone(x)
-        with torch.no_grad():
-            k = self.momentum_projector(self.momentum_backbone(x))
-        return {"feats": feats, "q": self.projector(feats), "k": F.normalize(k, dim=1)}
+        return {"feats": feats, "q": self.projector(feats)}
+
+    def embed_target(self, x: torch.Tensor) -> ViewOutputs:
+        return {"k": F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)}
 
     def query_loss(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
         """Per-sample InfoNCE (or DCL/HCL) of one query direction against the queue."""
