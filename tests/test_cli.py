@@ -21,13 +21,19 @@ def test_there_are_configs():
     assert {f"hvs_{m}.yaml" for m in base} | {f"hvs_{m}_imagefolder.yaml" for m in base} <= names
 
 
-def test_hvs_dino_cpu_override_from_the_readme(tmp_path, monkeypatch):
-    """The README's CPU-sized fast_dev_run of the headline config, on the embedded dataset."""
+README_CPU_RUNS = [l for l in (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+                   if l.startswith("hardcl fit --config configs/") and "--trainer.fast_dev_run=true" in l]
+
+
+def test_readme_documents_cpu_runs_of_hvs_dino_and_mochi():
+    assert {l.split()[3] for l in README_CPU_RUNS} >= {"configs/hvs_dino.yaml", "configs/mochi_cifar10.yaml"}
+
+
+@pytest.mark.parametrize("line", README_CPU_RUNS, ids=lambda l: l.split()[3])
+def test_readme_cpu_override_runs(line, tmp_path, monkeypatch):
+    """The README's CPU-sized fast_dev_run commands, on the embedded dataset."""
     monkeypatch.chdir(tmp_path)
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    line = next(l for l in readme.splitlines() if l.startswith("hardcl fit --config configs/hvs_dino.yaml --trainer.fast_dev_run"))
     args = line.split()[1:]  # drop "hardcl"
-    assert "--trainer.fast_dev_run=true" in args
     main([a if not a.startswith("configs/") else str(Path(__file__).parents[1] / a) for a in args])
 
 
