@@ -66,6 +66,16 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
 
 
+def gather_per_sample(tensors: dict[int, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """Row b of ``tensors[index[b]]`` for every b: a masked copy per candidate, no stacked copy of all N."""
+    keys = list(tensors)
+    out = tensors[keys[0]].clone()
+    for k in keys[1:]:
+        mask = index == k
+        out[mask] = tensors[k][mask]
+    return out
+
+
 def select_hardest(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample argmax over candidate pairs: ``scores`` [P, B] -> (index_a [B], index_b [B], best pair [B])."""
     best = scores.argmax(dim=0)
@@ -146,10 +156,7 @@ class HardViewSelectionMixin:
 
     def _chosen_targets(self, outs: dict[int, dict[str, torch.Tensor]], index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per sample, the target-network outputs of its chosen candidate (computed while scoring)."""
-        slot = {v: s for s, v in enumerate(outs)}
-        pos = torch.tensor([slot[int(v)] for v in index.tolist()], device=index.device)
-        rows = torch.arange(index.shape[0], device=index.device)
-        return {k: torch.stack([o[k] for o in outs.values()])[pos, rows] for k in self.target_keys}  # type: ignore[attr-defined]
+        return {k: gather_per_sample({v: o[k] for v, o in outs.items()}, index) for k in self.target_keys}  # type: ignore[attr-defined]
 
     def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[dict[str, torch.Tensor]]:
         """The training forward of the chosen pair reuses the target outputs its scoring computed
@@ -169,14 +176,13 @@ class HardViewSelectionMixin:
         candidates, local_crops = list(views[:n]), list(views[n:])
         if self._global_step() % self.select_every != 0:
             return [candidates[0], candidates[1], *local_crops]
-        pairs = self.pairs_to_score().to(candidates[0].device)
+        pairs = self.pairs_to_score()  # on the CPU: its entries index Python lists
         scores, outs = self.score_candidates(candidates, pairs)
+        pairs = pairs.to(scores.device)
         idx_a, idx_b, best = select_hardest(scores, pairs)
-        reuse = outs is not None and bool(self.target_keys)  # type: ignore[attr-defined]
-        stacked = torch.stack(candidates)  # [N, B, C, H, W]
-        rows = torch.arange(stacked.shape[1], device=stacked.device)
-        view_a, view_b = stacked[idx_a, rows], stacked[idx_b, rows]
-        if reuse:
+        all_candidates = dict(enumerate(candidates))
+        view_a, view_b = gather_per_sample(all_candidates, idx_a), gather_per_sample(all_candidates, idx_b)
+        if outs is not None and self.target_keys:  # type: ignore[attr-defined]
             self._reused_targets = (view_a, view_b, [self._chosen_targets(outs, idx_a), self._chosen_targets(outs, idx_b)])
         self.log_selection(batch, scores, pairs, idx_a, idx_b, best)
         return [view_a, view_b, *local_crops]
