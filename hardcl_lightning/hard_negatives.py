@@ -93,17 +93,76 @@ def mix_hard_negatives(
         sims = similarities.float()
     else:
         sims = torch.einsum("bd,kd->bk", q, bank) if bank.dim() == 2 else torch.einsum("bd,bkd->bk", q, bank)
-    hard_sim, hard_idx = sims.topk(num_hard, dim=1)  # [B, N]
-    hard = bank[hard_idx] if bank.dim() == 2 else bank.gather(1, hard_idx.unsqueeze(-1).expand(-1, -1, d))  # [B, N, D]
+    hard_sim, hard_idx = sims.topk(num_hard, dim=1)  # [B, N], hardest first
     if draws is None:
         draws = sample_mixing_draws(b, num_hard, num_mix, num_mix_query, q.device, generator)
 
-    def pick(index: torch.Tensor) -> torch.Tensor:  # [B, M] -> [B, M, D]
-        return hard.gather(1, index.unsqueeze(-1).expand(-1, -1, d))
+    def pick(index: torch.Tensor) -> torch.Tensor:
+        """[B, M] positions among the N hardest -> [B, M, D] bank rows, gathered straight from the bank
+        (composing the indices avoids materialising the [B, N, D] hard set)."""
+        rows = hard_idx.gather(1, index)
+        return bank[rows] if bank.dim() == 2 else bank.gather(1, rows.unsqueeze(-1).expand(-1, -1, d))
 
-    a = draws.alpha.unsqueeze(-1)
-    mixed = a * pick(draws.index_i) + (1 - a) * pick(draws.index_j)
-    beta = draws.beta.unsqueeze(-1)
-    mixed_q = beta * q.unsqueeze(1) + (1 - beta) * pick(draws.index_query_mix)
-    synthetic = F.normalize(torch.cat([mixed, mixed_q], dim=1), dim=-1)
+    synthetic = torch.empty(b, num_mix + num_mix_query, d, device=q.device)
+    if num_mix:
+        # a n_i + (1 - a) n_j == lerp(n_j, n_i, a)
+        synthetic[:, :num_mix] = torch.lerp(pick(draws.index_j), pick(draws.index_i), draws.alpha.unsqueeze(-1))
+    if num_mix_query:
+        synthetic[:, num_mix:] = torch.lerp(pick(draws.index_query_mix), q.unsqueeze(1), draws.beta.unsqueeze(-1))
+    synthetic.div_(synthetic.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     return MixedNegatives(synthetic, hard_idx, hard_sim, draws)
+
+
+def mixed_negative_logits(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    similarities: torch.Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_mix_query: int,
+    draws: MixingDraws | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines ``q . h`` [B, s + s'] of MoCHi's synthetic negatives, without building them.
+
+    Same values (and the same gradient with respect to ``query``, the synthetic points being
+    constants) as ``q . mix_hard_negatives(...).synthetic``, from quantities the loss already has:
+    for unit-norm bank rows, ``q.h_ij = (a q.n_i + (1-a) q.n_j) / sqrt(a^2 + (1-a)^2 + 2a(1-a) n_i.n_j)``
+    and ``q.h'_j = (b q.q^ + (1-b) q.n_j) / sqrt(b^2 + (1-b)^2 + 2b(1-b) q^.n_j)`` with q^ the
+    detached query. Only ``n_i . n_j`` needs bank rows; nothing of size [B, s + s', D] is written
+    but the two gathered operands of that dot product.
+
+    Args:
+        query: [B, D] L2-normalised queries (may carry gradient).
+        bank: [K, D] L2-normalised negatives (a shared bank, e.g. MoCo's queue).
+        similarities: ``query @ bank.T`` [B, K] (may carry gradient; the loss reuses it).
+    Returns:
+        (cosines [B, s + s'], the N hardest similarities [B, N], hardest first)
+    """
+    if bank.dim() != 2:
+        raise ValueError("mixed_negative_logits takes one shared [K, D] bank; use mix_hard_negatives for per-query banks")
+    k = bank.shape[0]
+    if not 1 <= num_hard <= k:
+        raise ValueError(f"num_hard (N) must be in [1, {k}] (the number of negatives), got {num_hard}")
+    b = query.shape[0]
+    hard_sim, hard_idx = similarities.detach().topk(num_hard, dim=1)
+    if draws is None:
+        draws = sample_mixing_draws(b, num_hard, num_mix, num_mix_query, query.device, generator)
+    parts = []
+    if num_mix:
+        rows_i, rows_j = hard_idx.gather(1, draws.index_i), hard_idx.gather(1, draws.index_j)
+        a = draws.alpha
+        with torch.no_grad():  # in batch chunks: the gathered operands stay cache-sized (a loop over chunks, not samples)
+            ninj = torch.cat([torch.einsum("bsd,bsd->bs", bank[ri], bank[rj])
+                              for ri, rj in zip(rows_i.split(16), rows_j.split(16))])
+            norm = (a * a + (1 - a) ** 2 + 2 * a * (1 - a) * ninj).clamp_min(1e-24).sqrt()
+        parts.append((a * similarities.gather(1, rows_i) + (1 - a) * similarities.gather(1, rows_j)) / norm)
+    if num_mix_query:
+        qn = similarities.gather(1, hard_idx.gather(1, draws.index_query_mix))
+        beta = draws.beta
+        qq = (query * query.detach()).sum(dim=1, keepdim=True)  # 1, with gradient q^
+        norm_q = (beta * beta + (1 - beta) ** 2 + 2 * beta * (1 - beta) * qn.detach()).clamp_min(1e-24).sqrt()
+        parts.append((beta * qq + (1 - beta) * qn) / norm_q)
+    if not parts:
+        return similarities.new_zeros(b, 0), hard_sim
+    return torch.cat(parts, dim=1), hard_sim

@@ -144,3 +144,30 @@ def test_mochi_gradient_reaches_the_query_through_synthetic_logits_only():
     k = torch.randn(4, 16)
     m.query_loss(q, k, m.queue).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_topk_synthetic_share_equals_brute_force_over_queue_and_synthetic():
+    m = tiny(MoCHi, mixing=(8, 6, 3))
+    g = torch.Generator().manual_seed(6)
+    real, syn = torch.rand(5, 40, generator=g), torch.rand(5, 9, generator=g)
+    m._record_stats(real.topk(8, dim=1).values, syn)
+    top = torch.cat([real, syn], dim=1).topk(8, dim=1).indices
+    assert m.last_mixing_stats["hard/mochi_topk_synthetic_share"] == pytest.approx((top >= 40).float().mean().item())
+
+
+def test_closed_form_logits_equal_dot_products_with_built_synthetic_points():
+    from hardcl_lightning.hard_negatives import mixed_negative_logits
+
+    g = torch.Generator().manual_seed(7)
+    q = F.normalize(torch.randn(6, 8, generator=g), dim=1).requires_grad_(True)
+    bank = F.normalize(torch.randn(50, 8, generator=g), dim=1)
+    draws = sample_mixing_draws(6, 12, 9, 5, generator=g)
+    built = mix_hard_negatives(q.detach(), bank, 12, 9, 5, draws=draws).synthetic
+    ref = torch.einsum("bd,bmd->bm", q, built)
+    got, hard_sim = mixed_negative_logits(q, bank, q @ bank.T, 12, 9, 5, draws=draws)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(hard_sim, (q @ bank.T).topk(12, dim=1).values)
+    w = torch.randn(6, 14, generator=g)
+    g_ref, = torch.autograd.grad((ref * w).sum(), q)
+    g_got, = torch.autograd.grad((got * w).sum(), q)
+    assert torch.allclose(g_got, g_ref, atol=1e-5)  # same gradient: synthetic points are constants

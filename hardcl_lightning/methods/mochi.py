@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from hardcl_lightning.hard_negatives import mix_hard_negatives
+from hardcl_lightning.hard_negatives import mixed_negative_logits
 from hardcl_lightning.losses import info_nce
 from hardcl_lightning.methods.base import ViewOutputs
 from hardcl_lightning.methods.mocov2 import MoCoV2
@@ -50,26 +50,27 @@ class MoCHi(MoCoV2):
             return super().query_loss(query, key, queue)
         with torch.autocast(device_type=query.device.type, enabled=False):
             q = F.normalize(query.float(), dim=1)
-            real_sim = q @ F.normalize(queue.float(), dim=1).T  # [B, K], once: mixing, loss and stats share it
-            mixed = mix_hard_negatives(q.detach(), queue, self.num_hard, self.num_mix, self.num_mix_query,
-                                       similarities=real_sim.detach())
-            syn_sim = torch.einsum("bd,bmd->bm", q, mixed.synthetic)  # gradient through q only
-        self._record_stats(real_sim.detach(), mixed.hard_similarity, syn_sim.detach())
+            bank = F.normalize(queue.float(), dim=1)
+            real_sim = q @ bank.T  # [B, K], once: mixing, loss and stats share it
+            # q . h of the synthetic points in closed form (hardcl_lightning.hard_negatives): the same
+            # values and gradient (through q only) as building them, without [B, s + s', D] tensors
+            syn_sim, hard_sim = mixed_negative_logits(q, bank, real_sim, self.num_hard, self.num_mix, self.num_mix_query)
+        self._record_stats(hard_sim, syn_sim.detach())
         return info_nce(query, key, None, self.temperature, reduction="none", extra_negative_logits=syn_sim / self.temperature,
                         tau_plus=self.tau_plus, hardness_beta=self.hardness_beta, negative_similarities=real_sim)
 
     @torch.no_grad()
-    def _record_stats(self, real_sim: torch.Tensor, hard_sim: torch.Tensor, syn_sim: torch.Tensor) -> None:
+    def _record_stats(self, hard_sim: torch.Tensor, syn_sim: torch.Tensor) -> None:
         """The paper's hardness analysis (sec. 3): how hard the real and synthetic negatives are, and
-        the share of synthetic points among each query's top-N negative logits."""
-        all_sim = torch.cat([real_sim, syn_sim], dim=1)
-        top = all_sim.topk(self.num_hard, dim=1).indices
+        the share of synthetic points among each query's top-N negative logits. The top N of
+        (queue + synthetic) lie within (the N hardest real + synthetic), so no top-k over the queue."""
+        top = torch.cat([hard_sim, syn_sim], dim=1).topk(self.num_hard, dim=1).indices
         self.last_mixing_stats = {
             "hard/mochi_hard_sim_mean": hard_sim.mean(),
             "hard/mochi_hard_sim_max": hard_sim.max(),
             "hard/mochi_synthetic_sim_mean": syn_sim.mean(),
             "hard/mochi_synthetic_sim_max": syn_sim.max(),
-            "hard/mochi_topk_synthetic_share": (top >= real_sim.shape[1]).float().mean(),
+            "hard/mochi_topk_synthetic_share": (top >= hard_sim.shape[1]).float().mean(),
         }
 
     def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
