@@ -8,7 +8,9 @@ For each query q and a bank of negatives (MoCo's queue, or SimCLR's in-batch neg
    query's own contribution below the negative's).
 
 The synthetic points are detached: gradient reaches the query only through the logit q . h. The
-whole computation is batched (gathers over [B, N, D]); nothing loops over queries or over s.
+whole computation is batched: indices into the N hardest are composed with the top-N indices and
+rows are gathered straight from the bank; nothing loops over queries or over s.
+``mixed_negative_logits`` gives the logits q . h alone in closed form (what MoCHi's loss uses).
 Usage on any bank::
 
     mixed = mix_hard_negatives(q, bank, num_hard=1024, num_mix=1024, num_mix_query=512)
