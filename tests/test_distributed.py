@@ -91,3 +91,42 @@ def test_knn_bank_holds_every_image_once_across_ranks():
     assert sorted(labels.tolist()) == list(range(7))
     for f, y in zip(feats, labels):
         assert torch.equal(f, torch.arange(3, dtype=torch.float32) + 3 * y)
+
+
+def _loader_bank_worker(rank, world, port, out):
+    from torch.utils.data import DataLoader
+
+    from hardcl_lightning.callbacks.features import extract_features
+
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self):
+            self.read = []
+
+        def __len__(self):
+            return 7
+
+        def __getitem__(self, i):
+            self.read.append(i)
+            return {"image": torch.arange(3, dtype=torch.float32) + 3 * i, "label": i}
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ds = Recording()
+        feats, labels = extract_features(_FakeModule(), DataLoader(ds, batch_size=2))
+        out[f"read{rank}"] = sorted(ds.read)
+        if rank == 0:
+            out["feats"], out["labels"] = feats, labels
+    finally:
+        dist.destroy_process_group()
+
+
+def test_knn_bank_from_a_dataloader_reads_each_image_on_one_rank_only():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_loader_bank_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        assert out["read0"] == [0, 2, 4, 6] and out["read1"] == [1, 3, 5]
+        feats, labels = out["feats"], out["labels"]
+    assert sorted(labels.tolist()) == list(range(7))
+    for f, y in zip(feats, labels):
+        assert torch.equal(f, torch.arange(3, dtype=torch.float32) + 3 * y)

@@ -6,6 +6,7 @@ from typing import Iterable
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from hardcl_lightning.distributed import gather_no_grad, rank, world_size
 
@@ -16,15 +17,22 @@ def extract_features(pl_module: L.LightningModule, loader: Iterable, gather: boo
 
     The previous train/eval mode is restored afterwards (lightly's kNN ran on a backbone left in
     train mode, which makes BN use batch statistics and silently changes the numbers). With
-    ``gather`` under DDP, rank r embeds batches r, r + W, ... of the (unsharded) loader and the
-    results are gathered, so every image is embedded once and appears once.
+    ``gather`` under DDP, rank r loads and embeds only images r, r + W, ... of a DataLoader's
+    dataset (batches r, r + W, ... of any other iterable) and the results are gathered, so every
+    image is read once, embedded once and appears once.
     """
     backbone = pl_module.backbone
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
+    shard, num_shards = (rank(), world_size()) if gather else (0, 1)
+    if num_shards > 1 and isinstance(loader, DataLoader):  # this rank's images only: nothing else is read
+        loader = DataLoader(
+            Subset(loader.dataset, range(shard, len(loader.dataset), num_shards)),  # type: ignore[arg-type]
+            batch_size=loader.batch_size, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+        )
+        shard, num_shards = 0, 1
     try:
-        shard, num_shards = (rank(), world_size()) if gather else (0, 1)
         for i, batch in enumerate(loader):
             if i % num_shards != shard:
                 continue

@@ -160,13 +160,13 @@ class BaseMethod(L.LightningModule):
         """
         if torch.isfinite(loss).all():
             return False
-        step = self.trainer.global_step if self._trainer is not None else 0
-        terms = {f"view{i}/{k}": bool(torch.isfinite(t).all()) for i, o in enumerate(outs) for k, t in o.items()}
-        bad = sorted(k for k, ok in terms.items() if not ok) or ["none of the embeddings (the loss itself)"]
         if self.on_nonfinite_loss == "skip":
             self.skipped_nonfinite_steps += 1
             self.log("train/skipped_nonfinite_steps", float(self.skipped_nonfinite_steps))
             return True
+        step = self.trainer.global_step if self._trainer is not None else 0
+        bad = [f"view{i}/{k}" for i, o in enumerate(outs) for k, t in sorted(o.items()) if not torch.isfinite(t).all()]
+        bad = bad or ["none of the embeddings (the loss itself)"]
         raise FloatingPointError(
             f"non-finite training loss {loss.item()} at global step {step} (epoch {self.current_epoch}); "
             f"non-finite terms: {', '.join(bad)}. Lower the LR, check the data, or set "

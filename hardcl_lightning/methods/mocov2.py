@@ -86,7 +86,9 @@ class MoCoV2(MomentumMethod):
                         hardness_beta=self.hardness_beta)
 
     def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
-        queue = self.queue.clone().detach()
+        # no copy: the queue carries no gradient and the loss saves its own normalised copy, so
+        # enqueueing before backward cannot change what backward reads
+        queue = self.queue
         return 0.5 * (self.query_loss(out_a["q"], out_b["k"], queue) + self.query_loss(out_b["q"], out_a["k"], queue))
 
     @torch.no_grad()
