@@ -38,6 +38,7 @@ def run(method: str, epochs: int, num_train: int) -> tuple[float, float, float, 
         seconds = time.perf_counter() - t0
     knn = next(cb for cb in cli.trainer.callbacks if isinstance(cb, OnlineKNN))
     history = dict(knn.history)
+    print(f"{method}: kNN per epoch " + " ".join(f"{e}:{100 * a:.1f}" for e, a in sorted(history.items())), flush=True)
     m = cli.trainer.logged_metrics
     iou = ""
     if "hard/hvs_iou_selected_epoch" in m:  # last epoch's mean crop IoU: selected pair vs a random candidate pair

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
+import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from hardcl_lightning.checkpointing import AtomicCheckpointIO
 from hardcl_lightning.data.datamodules import SSLDataModule
-from hardcl_lightning.methods.base import BaseMethod
 
 
 class HardCLCLI(LightningCLI):
@@ -28,7 +28,7 @@ class HardCLCLI(LightningCLI):
 def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
     """The CLI over ``args`` (``sys.argv`` when None); ``run=False`` only instantiates."""
     return HardCLCLI(
-        BaseMethod,
+        L.LightningModule,  # every method is a BaseMethod; GAN pre-training is not
         SSLDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -16,7 +16,9 @@ def test_there_are_configs():
     assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml", "simsiam_cifar10.yaml", "byol_cifar10.yaml",
             "dino_cifar10.yaml", "dino_vit_imagefolder.yaml"} <= names
     base = {"simclr", "mocov2", "simsiam", "byol", "dino"}
-    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == base | {f"hvs_{m}" for m in base} | {"mochi"}
+    generative = {"gan_pretrain", "hard_sample_gen"}
+    assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == base | {f"hvs_{m}" for m in base} | {"mochi"} | generative
+    assert {"gan_pretrain_cifar10.yaml"} | {f"hard_sample_gen_{d}.yaml" for d in ("cifar10", "cifar100", "imagenet100")} <= names
     assert {"mochi_cifar10.yaml", "mochi_imagenet100.yaml"} <= names
     assert {f"hvs_{m}.yaml" for m in base} | {f"hvs_{m}_imagefolder.yaml" for m in base} <= names
 
@@ -95,7 +97,8 @@ def test_config_typo_names_the_key(capsys):
     assert "temprature" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["SimCLR", "MoCoV2", "SimSiam", "BYOL", "DINO", "HVSSimCLR", "HVSDINO"])
+@pytest.mark.parametrize("name", ["SimCLR", "MoCoV2", "SimSiam", "BYOL", "DINO", "HVSSimCLR", "HVSDINO", "HardSampleCL",
+                                  "HardSampleMoCoV2"])
 def test_cli_defaults_are_the_python_defaults(name, tmp_path, monkeypatch):
     """A method's own defaults (optimizer, lr, EMA, views) must be visible to LightningCLI, not hidden in code."""
     import hardcl_lightning.methods as methods

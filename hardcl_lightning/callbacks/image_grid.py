@@ -1,4 +1,4 @@
-"""Image grids of what the hard-sample sources produce (HVS: candidates and the selected pair)."""
+"""Image grids of what the hard-sample sources produce: HVS candidates with the selected pair, generated samples."""
 
 from __future__ import annotations
 
@@ -63,14 +63,53 @@ class HVSImageGrid(L.Callback):
             return
         n = pl_module.num_views
         grid = self.make_grid(list(batch["views"][:n]), selection["index_a"], selection["index_b"])
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"hvs_grid_epoch{trainer.current_epoch}.png"
-        torchvision.utils.save_image(grid, path)
-        self.saved.append(path)
-        for logger in trainer.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):
-                exp.add_image("hard/hvs_candidates", grid, global_step=trainer.global_step)
-            elif hasattr(logger, "log_image"):
-                logger.log_image(key="hard/hvs_candidates", images=[grid], step=trainer.global_step)
+        _write_grid(trainer, grid, f"hvs_grid_epoch{trainer.current_epoch}.png", "hard/hvs_candidates", self.saved)
+
+
+class GeneratedImageGrid(L.Callback):
+    """Once per epoch: a grid of generated samples from a fixed set of latents, so epochs compare.
+
+    For any module with a ``gan`` (``GANPretrain``, the joint methods). The generator runs in
+    train mode, as in training, without changing its BatchNorm running statistics. Written as
+    ``generated_epoch<E>.png`` in the run's log directory and to the logger when it takes images.
+
+    Args:
+        num_images: samples in the grid.
+        seed: seed of the fixed latents.
+    """
+
+    def __init__(self, num_images: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        self.num_images, self.seed = num_images, seed
+        self.saved: list[Path] = []
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from hardcl_lightning.methods.generative import frozen_batchnorm_stats
+
+        gan = getattr(pl_module, "gan", None)
+        if gan is None:
+            raise TypeError(f"GeneratedImageGrid needs a module with a 'gan' (GANPretrain or a joint method), got {type(pl_module).__name__}")
+        g = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(self.num_images, gan.latent_dim, generator=g).to(pl_module.device)
+        with torch.no_grad(), frozen_batchnorm_stats([gan.generator]):
+            images = gan.generator(z).float().cpu()
+        grid = torchvision.utils.make_grid(images, nrow=int(self.num_images**0.5) or 1, padding=2, pad_value=1.0)
+        _write_grid(trainer, grid, f"generated_epoch{trainer.current_epoch}.png", "hard/generated_samples", self.saved)
+
+
+def _write_grid(trainer: L.Trainer, grid: torch.Tensor, filename: str, key: str, saved: list[Path]) -> None:
+    """PNG in the run's log directory, and the logger's image panel when it has one."""
+    out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / filename
+    torchvision.utils.save_image(grid, path)
+    saved.append(path)
+    for logger in trainer.loggers:
+        exp = getattr(logger, "experiment", None)
+        if hasattr(exp, "add_image"):
+            exp.add_image(key, grid, global_step=trainer.global_step)
+        elif hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[grid], step=trainer.global_step)

@@ -1,6 +1,8 @@
 """Datamodules: every one yields the same batch layout.
 
-- training batch: ``{"views": [V x Tensor[B,3,h,w]], "boxes": Tensor[B,V,4], "label": Tensor[B], "index": Tensor[B]}``
+- training batch: ``{"views": [V x Tensor[B,3,h,w]], "boxes": Tensor[B,V,4], "label": Tensor[B], "index": Tensor[B]}``,
+  plus ``"image"`` (the un-augmented image, as in validation) when ``with_image`` is set
+  (the generator methods' discriminator trains on it)
 - validation batch: ``{"image": Tensor[B,3,S,S], "label": Tensor[B]}`` (un-augmented)
 - ``bank_dataloader()``: the training set un-augmented, in validation layout (for the kNN bank)
 
@@ -34,8 +36,8 @@ from hardcl_lightning.data.transforms import (
 class MultiViewDataset(Dataset):
     """Wraps an ``(image, label)`` dataset and returns training items in the multi-view layout."""
 
-    def __init__(self, base: Dataset, transform: MultiViewTransform) -> None:
-        self.base, self.transform = base, transform
+    def __init__(self, base: Dataset, transform: MultiViewTransform, image_transform=None) -> None:
+        self.base, self.transform, self.image_transform = base, transform, image_transform
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -43,7 +45,10 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         img, label = self.base[i]
         views, boxes = self.transform(img)
-        return {"views": views, "boxes": boxes, "label": label, "index": i}
+        item = {"views": views, "boxes": boxes, "label": label, "index": i}
+        if self.image_transform is not None:
+            item["image"] = self.image_transform(img)
+        return item
 
 
 class EvalDataset(Dataset):
@@ -92,6 +97,8 @@ class SSLDataModule(L.LightningDataModule):
         local_crop_scale: crop scale range of local crops.
         train_fraction: deterministic class-balanced fraction of the training set to use.
         seed: seed of the ``train_fraction`` subset.
+        with_image: training batches also carry the un-augmented ``"image"`` (normalised as in
+            validation); the generator methods switch it on themselves.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -114,8 +121,10 @@ class SSLDataModule(L.LightningDataModule):
         local_crop_scale: tuple[float, float] = (0.05, 0.4),
         train_fraction: float = 1.0,
         seed: int = 0,
+        with_image: bool = False,
     ) -> None:
         super().__init__()
+        self.with_image = with_image
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -183,7 +192,9 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # drop_last: contrastive losses gather equal-sized batches across ranks
-        return self._loader(MultiViewDataset(self._train, self.train_transform()), shuffle=True, drop_last=True)
+        image_transform = self.eval_transform() if self.with_image else None
+        train = MultiViewDataset(self._train, self.train_transform(), image_transform)
+        return self._loader(train, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

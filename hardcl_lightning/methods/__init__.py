@@ -3,6 +3,13 @@
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod
 from hardcl_lightning.methods.byol import BYOL
 from hardcl_lightning.methods.dino import DINO
+from hardcl_lightning.methods.generative import (
+    GANPretrain,
+    HardSampleCL,
+    HardSampleMixin,
+    HardSampleMoCoV2,
+    with_hard_samples,
+)
 from hardcl_lightning.methods.hvs import (
     HardViewSelectionMixin,
     HVSBYOL,
@@ -21,6 +28,10 @@ __all__ = [
     "BaseMethod",
     "BYOL",
     "DINO",
+    "GANPretrain",
+    "HardSampleCL",
+    "HardSampleMixin",
+    "HardSampleMoCoV2",
     "HardViewSelectionMixin",
     "HVSBYOL",
     "HVSDINO",
@@ -32,5 +43,6 @@ __all__ = [
     "MoCoV2",
     "SimCLR",
     "SimSiam",
+    "with_hard_samples",
     "with_hvs",
 ]

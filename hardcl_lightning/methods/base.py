@@ -87,7 +87,7 @@ class BaseMethod(L.LightningModule):
         self.backbone, self.feature_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, image_size=image_size, **(backbone_kwargs or {})
         )
-        self.num_views, self.batch_size = num_views, batch_size
+        self.num_views, self.batch_size, self.image_size = num_views, batch_size, image_size
         self.optimizer_name, self.base_lr, self.scale_lr = optimizer, lr, scale_lr
         self.weight_decay, self.sgd_momentum, self.lars_eta = weight_decay, momentum, lars_eta
         self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio

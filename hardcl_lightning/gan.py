@@ -1,0 +1,148 @@
+"""Generator and discriminator for the generator methods, and their adversarial losses.
+
+Our choices (Wu et al., arXiv 2202.06464, publish no architecture): a DCGAN-style generator
+(Radford et al. 2016: transposed convolutions, BatchNorm, ReLU, tanh output) and an
+SNGAN-style discriminator (Miyato et al. 2018: spectral normalisation on every layer,
+LeakyReLU 0.1), trained with the hinge loss (SNGAN eq. 16/17). Both work at 32, 64 and 96 px:
+the generator starts from a 4 x 4 map (6 x 6 for 96 px) and doubles it per block.
+
+Image convention: the generator returns images in [0, 1] pixel range (the range the
+differentiable augmentations take); the discriminator maps [0, 1] to [-1, 1] itself.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, diffaugment
+
+#: image side -> (start side, upsampling blocks)
+GAN_RESOLUTIONS = {32: (4, 3), 64: (4, 4), 96: (6, 4)}
+
+
+def _plan(image_size: int) -> tuple[int, int]:
+    if image_size not in GAN_RESOLUTIONS:
+        raise ValueError(f"the generator supports image sizes {sorted(GAN_RESOLUTIONS)}, got image_size={image_size}")
+    return GAN_RESOLUTIONS[image_size]
+
+
+class Generator(nn.Module):
+    """DCGAN-style generator: z [B, latent_dim] -> images [B, 3, S, S] in [0, 1].
+
+    Args:
+        latent_dim: size of the Gaussian latent.
+        image_size: 32, 64 or 96.
+        base_channels: channels of the last block; block i from the end has base x 2^i.
+    """
+
+    def __init__(self, latent_dim: int = 128, image_size: int = 32, base_channels: int = 64) -> None:
+        super().__init__()
+        if latent_dim < 1 or base_channels < 1:
+            raise ValueError(f"latent_dim and base_channels must be >= 1, got {latent_dim}, {base_channels}")
+        start, blocks = _plan(image_size)
+        self.latent_dim, self.image_size, self.start = latent_dim, image_size, start
+        ch = base_channels * 2 ** (blocks - 1)
+        self.fc = nn.Linear(latent_dim, ch * start * start)
+        self.fc_norm = nn.BatchNorm2d(ch)
+        layers: list[nn.Module] = []
+        for _ in range(blocks):
+            out = max(base_channels, ch // 2)
+            layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            ch = out
+        layers += [nn.Conv2d(ch, 3, 3, padding=1), nn.Tanh()]
+        self.blocks = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], -1, self.start, self.start)
+        return (self.blocks(F.relu(self.fc_norm(h))) + 1) / 2
+
+
+class Discriminator(nn.Module):
+    """SNGAN-style discriminator: images [B, 3, S, S] in [0, 1] -> realism scores [B].
+
+    Args:
+        image_size: 32, 64 or 96.
+        base_channels: channels of the first block, doubled per downsampling block.
+    """
+
+    def __init__(self, image_size: int = 32, base_channels: int = 64) -> None:
+        super().__init__()
+        if base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
+        start, blocks = _plan(image_size)
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(3, base_channels, 3, padding=1)), nn.LeakyReLU(0.1)]
+        ch = base_channels
+        for _ in range(blocks):
+            out = ch * 2
+            layers += [
+                spectral_norm(nn.Conv2d(ch, ch, 3, padding=1)), nn.LeakyReLU(0.1),
+                spectral_norm(nn.Conv2d(ch, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),
+            ]
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.head = spectral_norm(nn.Linear(ch * start * start, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(2 * x - 1).flatten(1)).squeeze(1)
+
+
+def discriminator_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """E[relu(1 - D(x))] + E[relu(1 + D(G(z)))] (SNGAN eq. 16), in float32."""
+    return F.relu(1 - real_scores.float()).mean() + F.relu(1 + fake_scores.float()).mean()
+
+
+def generator_hinge_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))] (SNGAN eq. 17), in float32."""
+    return -fake_scores.float().mean()
+
+
+class GAN(nn.Module):
+    """A generator, its discriminator and the DiffAugment policy both see; shared by GAN
+    pre-training and the joint methods, so that a pre-training checkpoint loads into them.
+
+    Args:
+        latent_dim: generator latent size.
+        image_size: 32, 64 or 96.
+        g_channels: generator width (``Generator.base_channels``).
+        d_channels: discriminator width (``Discriminator.base_channels``).
+        diffaugment_policy: DiffAugment ops applied to real and fake images before D (empty: none).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        image_size: int = 32,
+        g_channels: int = 64,
+        d_channels: int = 64,
+        diffaugment_policy: Sequence[str] = DIFFAUGMENT_OPS,
+    ) -> None:
+        super().__init__()
+        self.generator = Generator(latent_dim, image_size, g_channels)
+        self.discriminator = Discriminator(image_size, d_channels)
+        self.policy = tuple(diffaugment_policy)
+        diffaugment(torch.zeros(1, 3, 8, 8), self.policy)  # validates the policy names now, not mid-run
+        self.latent_dim = latent_dim
+
+    def sample(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images G(z), z ~ N(0, I), [n, 3, S, S] in [0, 1] (with gradient into G)."""
+        device = device or next(self.generator.parameters()).device
+        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
+        return self.generator(z)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """D's realism score of images in [0, 1], after DiffAugment."""
+        return self.discriminator(diffaugment(x, self.policy) if self.policy else x)
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hinge loss of D on real images and (detached) fakes; also the mean scores (real, fake)."""
+        real_scores, fake_scores = self.score(real), self.score(fake.detach())
+        return discriminator_hinge_loss(real_scores, fake_scores), real_scores.detach().mean(), fake_scores.detach().mean()
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """Adversarial (realism) loss of G on its samples."""
+        return generator_hinge_loss(self.score(fake))

@@ -1,0 +1,493 @@
+"""Generator-adversarial hard samples (Wu et al., arXiv 2202.06464, AAAI 2023): a reconstruction.
+
+The paper publishes no code and its equations are not available to us. What it states (see
+``DESIGN.md``): a generator is trained *jointly* with the contrastive model in a min-max game to
+produce samples that are hard for the current model; the main model trains on real plus
+generated data; a generator pre-trained alone does not help; gradients reach the generator
+through differentiable augmentations. Everything else here is our choice, said so where made:
+
+Each training step (``HardSampleMixin.training_step``, manual optimisation, three optimisers):
+
+1. **main model**: ``L_main = L_base(real views) + lambda_syn * L_base(views of G(z))`` with the
+   generated images detached (constants for this step). ``L_base`` is the base method's own
+   ``training_loss`` (SimCLR NT-Xent: ``HardSampleCL``; MoCo v2 InfoNCE against the queue:
+   ``HardSampleMoCoV2``). Generated samples form their own batch (their own in-batch negatives
+   / their own BatchNorm statistics) and are never enqueued. *Ours.*
+2. **generator**: ``L_G = L_adv(G) - lambda_hard * L_base(views of G(z))``: realistic (hinge
+   loss against D) and hard for the current main model, whose weights and BatchNorm running
+   statistics are frozen for this step (gradients flow through it into G only). *The min-max is
+   the paper's; the hinge loss, the subtraction and the weights are ours.*
+3. **discriminator**: hinge loss on real (un-augmented training images) vs this step's fakes,
+   both through DiffAugment (Zhao et al. 2020) for data efficiency. *Ours.*
+
+``lambda_hard`` follows a schedule (``hardness_schedule``: constant, linear or cosine from
+``lambda_hard_start`` to ``lambda_hard``) so hardness grows as the model learns; before
+``joint_start_epoch`` only the GAN trains and the main model sees real data only (the warm-up
+when starting from scratch). ``generator_checkpoint`` initialises G and D from a
+``GANPretrain`` run (``configs/gan_pretrain_cifar10.yaml``).
+
+Logged: ``hard/gen_loss_real`` / ``hard/gen_loss_syn`` (the main model's loss on real vs
+generated views, at the same batch size) and their ratio ``hard/gen_loss_ratio`` (generated
+samples should become harder relative to real ones), ``train/loss_real`` / ``train/loss_syn``
+(the two terms of the main loss), ``hard/gen_lambda_hard``, ``gan/d_real`` / ``gan/d_fake`` (D's
+mean scores), ``gan/d_loss``, ``gan/g_adv``.
+
+Step counts: under manual optimisation Lightning's ``global_step`` counts every optimiser's
+steps (three per batch here); schedules in this module count batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning as L
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, DifferentiableViewAugmentation
+from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
+from hardcl_lightning.gan import GAN
+from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs
+from hardcl_lightning.methods.mocov2 import MoCoV2
+from hardcl_lightning.methods.simclr import SimCLR
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def ramp(progress: float, start: float, end: float, kind: str) -> float:
+    """Value at ``progress`` in [0, 1] of a schedule from ``start`` to ``end`` (constant: ``end``)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {list(SCHEDULES)}")
+    p = min(1.0, max(0.0, progress))
+    if kind == "constant":
+        return end
+    if kind == "linear":
+        return start + (end - start) * p
+    return end - (end - start) * (1 + math.cos(math.pi * p)) / 2
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Run forwards in train mode without changing any BatchNorm running statistics."""
+    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for m in modules for bn in m.modules()
+             if isinstance(bn, _BatchNorm) and bn.track_running_stats and bn.running_mean is not None]
+    try:
+        yield
+    finally:
+        for bn, mean, var, count in saved:
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)
+
+
+def load_gan_state(gan: GAN, path: str) -> None:
+    """Load G and D from a Lightning checkpoint of any module that holds a ``gan`` (``GANPretrain``
+    or a joint method); a clear error when the file or the architecture does not match."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"generator_checkpoint={path!r} does not exist; give a GANPretrain checkpoint (.ckpt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k[len("gan."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("gan.")}
+    if not state:
+        raise ValueError(f"generator_checkpoint={path!r} holds no 'gan.*' weights; give a GANPretrain or joint-method checkpoint")
+    try:
+        gan.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"generator_checkpoint={path!r} does not match this GAN (latent_dim, image_size, g_channels, d_channels "
+            f"must equal the pre-training run's): {e}"
+        ) from e
+
+
+class AdversarialTraining:
+    """What GAN pre-training and the joint methods share: the ``GAN``, its two optimisers and
+    schedules, pixel-range conversion of the datamodule's normalised images, the D step."""
+
+    gan: GAN
+
+    def init_adversarial(
+        self,
+        image_size: int,
+        latent_dim: int,
+        g_channels: int,
+        d_channels: int,
+        diffaugment_policy: Sequence[str],
+        g_lr: float,
+        d_lr: float,
+        gan_betas: tuple[float, float],
+        gan_lr_schedule: str,
+        pixel_mean: tuple[float, float, float] | None,
+        pixel_std: tuple[float, float, float] | None,
+    ) -> None:
+        for name, v in (("g_lr", g_lr), ("d_lr", d_lr)):
+            if v <= 0:
+                raise ValueError(f"{name} must be > 0, got {v}")
+        if not all(0 <= b < 1 for b in gan_betas) or len(gan_betas) != 2:
+            raise ValueError(f"gan_betas must be two values in [0, 1), got {tuple(gan_betas)}")
+        if gan_lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown gan_lr_schedule {gan_lr_schedule!r}; choose one of {list(SCHEDULES)}")
+        if (pixel_mean is None) != (pixel_std is None):
+            raise ValueError("give both pixel_mean and pixel_std, or neither (then the datamodule's are used)")
+        self.gan = GAN(latent_dim, image_size, g_channels, d_channels, diffaugment_policy)
+        self.g_lr, self.d_lr, self.gan_betas, self.gan_lr_schedule = g_lr, d_lr, tuple(gan_betas), gan_lr_schedule
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+
+    def resolve_pixel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation of the datamodule's images (to undo it: D and G work in [0, 1])."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None  # type: ignore[attr-defined]
+        mean = self.pixel_mean or getattr(dm, "mean", None) or IMAGENET_MEAN
+        std = self.pixel_std or getattr(dm, "std", None) or IMAGENET_STD
+        return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def request_real_images(self) -> None:
+        """Ask the datamodule to put the un-augmented image in training batches (D trains on it)."""
+        dm = getattr(self.trainer, "datamodule", None)  # type: ignore[attr-defined]
+        if dm is not None and hasattr(dm, "with_image"):
+            dm.with_image = True
+
+    def real_pixels(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "image" not in batch:
+            raise ValueError(
+                f"{type(self).__name__} trains a discriminator on real images, but the training batch has no 'image'; "
+                "use a hardcl_lightning datamodule (it adds one automatically) or set data.init_args.with_image: true"
+            )
+        x = batch["image"]
+        mean, std = self.resolve_pixel_stats()
+        return (x * std.to(x) + mean.to(x)).clamp(0, 1)
+
+    def gan_optimizers(self, total_steps: int) -> tuple[list[torch.optim.Optimizer], list[dict]]:
+        opt_g = torch.optim.Adam(self.gan.generator.parameters(), lr=self.g_lr, betas=self.gan_betas)
+        opt_d = torch.optim.Adam(self.gan.discriminator.parameters(), lr=self.d_lr, betas=self.gan_betas)
+        kind = self.gan_lr_schedule
+        factor = lambda step: ramp(step / max(1, total_steps), 1.0, 0.0 if kind != "constant" else 1.0, kind)  # noqa: E731
+        scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(o, factor), "interval": "step"} for o in (opt_g, opt_d)]
+        return [opt_g, opt_d], scheds
+
+    def check_finite(self, name: str, value: torch.Tensor) -> bool:
+        """True when the step may go on; raises (or counts a skip) like the main loss's guard."""
+        if torch.isfinite(value).all():
+            return True
+        if getattr(self, "on_nonfinite_loss", "raise") == "skip":
+            return False
+        step = self.trainer.global_step if self._trainer is not None else 0  # type: ignore[attr-defined]
+        raise FloatingPointError(
+            f"non-finite {name} {value.item()} at global step {step}; lower g_lr/d_lr or set model.on_nonfinite_loss: skip"
+        )
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, opt_d, sched_d) -> None:
+        self.toggle_optimizer(opt_d)  # type: ignore[attr-defined]
+        d_loss, d_real, d_fake = self.gan.discriminator_loss(real, fake.detach())
+        if self.check_finite("discriminator loss", d_loss):
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)  # type: ignore[attr-defined]
+            opt_d.step()
+        sched_d.step()
+        self.untoggle_optimizer(opt_d)  # type: ignore[attr-defined]
+        self.log_dict({"gan/d_loss": d_loss.detach(), "gan/d_real": d_real, "gan/d_fake": d_fake},  # type: ignore[attr-defined]
+                      on_step=True, on_epoch=True)
+
+
+class GANPretrain(AdversarialTraining, L.LightningModule):
+    """GAN pre-training on the unlabeled training images (hinge loss, DiffAugment on real and fake).
+
+    Its checkpoint initialises the joint methods (``generator_checkpoint``). Logged: ``gan/d_loss``,
+    ``gan/g_adv``, ``gan/d_real``, ``gan/d_fake``.
+
+    Args:
+        image_size: generated image side, 32, 64 or 96 (linked from the datamodule).
+        latent_dim, g_channels, d_channels, diffaugment_policy: the ``GAN``'s.
+        g_lr, d_lr, gan_betas: Adam settings of G and D (SNGAN's 2e-4, betas (0, 0.9)).
+        gan_lr_schedule: ``constant``, ``linear`` or ``cosine`` decay to 0 over training.
+        pixel_mean, pixel_std: normalisation of the datamodule's images (None: the datamodule's).
+        batch_size, num_views: linked from/to the datamodule by the CLI; the GAN uses one view
+            slot only (set ``data.augmentation: none`` to make it cheap).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        latent_dim: int = 128,
+        g_channels: int = 64,
+        d_channels: int = 64,
+        diffaugment_policy: tuple[str, ...] = DIFFAUGMENT_OPS,
+        g_lr: float = 2e-4,
+        d_lr: float = 2e-4,
+        gan_betas: tuple[float, float] = (0.0, 0.9),
+        gan_lr_schedule: str = "constant",
+        pixel_mean: tuple[float, float, float] | None = None,
+        pixel_std: tuple[float, float, float] | None = None,
+        batch_size: int = 256,
+        num_views: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.num_views, self.batch_size = num_views, batch_size
+        self.init_adversarial(image_size, latent_dim, g_channels, d_channels, diffaugment_policy, g_lr, d_lr, gan_betas,
+                              gan_lr_schedule, pixel_mean, pixel_std)
+
+    def setup(self, stage: str) -> None:
+        self.request_real_images()
+
+    def configure_optimizers(self):
+        return self.gan_optimizers(int(self.trainer.estimated_stepping_batches))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        (opt_g, opt_d), (sched_g, sched_d) = self.optimizers(), self.lr_schedulers()
+        real = self.real_pixels(batch)
+        self.toggle_optimizer(opt_g)
+        fake = self.gan.sample(real.shape[0])
+        g_adv = self.gan.generator_loss(fake)
+        if self.check_finite("generator loss", g_adv):
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_adv)
+            opt_g.step()
+        sched_g.step()
+        self.untoggle_optimizer(opt_g)
+        self.log("gan/g_adv", g_adv.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        self.discriminator_step(real, fake, opt_d, sched_d)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Images G(z) in [0, 1]."""
+        return self.gan.generator(z)
+
+
+class HardSampleMixin(AdversarialTraining):
+    """Adds a jointly trained hard-sample generator to a method on the ``embed``/``training_loss``
+    contract (see the module docstring for the three steps and which parts are the paper's).
+
+    Args (besides the method's own):
+        generator_enabled: False trains the base method alone (the loss is then exactly its loss).
+        lambda_syn: weight of the main model's loss on generated views.
+        syn_share: generated samples per step as a fraction of the real batch (at least 2).
+        lambda_hard: weight of the hardness term in the generator's loss (the schedule's end value).
+        lambda_hard_start: the schedule's start value.
+        hardness_schedule: ``constant`` (``lambda_hard`` throughout), ``linear`` or ``cosine`` from
+            ``lambda_hard_start`` to ``lambda_hard`` over the joint epochs.
+        joint_start_epoch: epochs of warm-up (GAN trains, main model on real data only) before the game.
+        generator_checkpoint: a ``GANPretrain`` (or joint) checkpoint whose G and D start the run;
+            read at the start of a fresh fit, not when resuming.
+        latent_dim, g_channels, d_channels, diffaugment_policy, g_lr, d_lr, gan_betas,
+        gan_lr_schedule, pixel_mean, pixel_std: as ``GANPretrain``'s.
+
+    Generated images get two differentiable views made by the recipe of the datamodule's first
+    two view specs (the real views' crop scale, jitter, grayscale, blur, solarize), so real and
+    generated views have the same augmentation strength.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        generator_enabled: bool = True,
+        lambda_syn: float = 0.5,
+        syn_share: float = 0.5,
+        lambda_hard: float = 0.5,
+        lambda_hard_start: float = 0.0,
+        hardness_schedule: str = "linear",
+        joint_start_epoch: int = 0,
+        generator_checkpoint: str | None = None,
+        latent_dim: int = 128,
+        g_channels: int = 64,
+        d_channels: int = 64,
+        diffaugment_policy: tuple[str, ...] = DIFFAUGMENT_OPS,
+        g_lr: float = 2e-4,
+        d_lr: float = 2e-4,
+        gan_betas: tuple[float, float] = (0.0, 0.9),
+        gan_lr_schedule: str = "constant",
+        pixel_mean: tuple[float, float, float] | None = None,
+        pixel_std: tuple[float, float, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.automatic_optimization = False
+        for name, v in (("lambda_syn", lambda_syn), ("lambda_hard", lambda_hard), ("lambda_hard_start", lambda_hard_start)):
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if syn_share <= 0:
+            raise ValueError(f"syn_share must be > 0 (generated samples per real sample), got {syn_share}")
+        if hardness_schedule not in SCHEDULES:
+            raise ValueError(f"unknown hardness_schedule {hardness_schedule!r}; choose one of {list(SCHEDULES)}")
+        if joint_start_epoch < 0:
+            raise ValueError(f"joint_start_epoch must be >= 0, got {joint_start_epoch}")
+        self.generator_enabled, self.lambda_syn, self.syn_share = generator_enabled, lambda_syn, syn_share
+        self.lambda_hard, self.lambda_hard_start, self.hardness_schedule = lambda_hard, lambda_hard_start, hardness_schedule
+        self.joint_start_epoch, self.generator_checkpoint = joint_start_epoch, generator_checkpoint
+        self.init_adversarial(self.image_size, latent_dim, g_channels, d_channels, diffaugment_policy,  # type: ignore[attr-defined]
+                              g_lr, d_lr, gan_betas, gan_lr_schedule, pixel_mean, pixel_std)
+        self.synthetic_augmentations: list[DifferentiableViewAugmentation] = []
+        self._batch_idx = 0
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # type: ignore[misc]
+        self.request_real_images()
+        mean, std = self.resolve_pixel_stats()
+        dm = getattr(self.trainer, "datamodule", None)  # type: ignore[attr-defined]
+        specs = list(getattr(dm, "view_specs", []) or [])[:2] or [ViewSpec(self.gan.generator.image_size)] * 2
+        if len(specs) == 1:
+            specs = specs * 2
+        self.synthetic_augmentations = [DifferentiableViewAugmentation(s, mean.flatten(), std.flatten()) for s in specs]
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # type: ignore[misc]
+        if self.generator_checkpoint and self.trainer.ckpt_path is None:  # type: ignore[attr-defined]
+            load_gan_state(self.gan, self.generator_checkpoint)
+
+    def configure_optimizers(self):
+        main = super().configure_optimizers()  # type: ignore[misc]
+        gan_opts, gan_scheds = self.gan_optimizers(int(self.trainer.estimated_stepping_batches))  # type: ignore[attr-defined]
+        return [main["optimizer"], *gan_opts], [main["lr_scheduler"], *gan_scheds]
+
+    # --- schedules ------------------------------------------------------------------------------
+    def batch_step(self) -> int:
+        """Batches trained so far (restored on resume: epoch and batch index come from the loops)."""
+        if self._trainer is None:  # type: ignore[attr-defined]
+            return 0
+        return self.current_epoch * max(1, int(self.trainer.num_training_batches)) + self._batch_idx  # type: ignore[attr-defined]
+
+    @property
+    def joint(self) -> bool:
+        return self.generator_enabled and (self._trainer is None or self.current_epoch >= self.joint_start_epoch)  # type: ignore[attr-defined]
+
+    def current_lambda_hard(self) -> float:
+        """``lambda_hard`` at this batch: 0 in the warm-up, then the schedule over the joint epochs."""
+        if not self.joint:
+            return 0.0
+        if self._trainer is None:  # type: ignore[attr-defined]
+            return self.lambda_hard
+        per_epoch = max(1, int(self.trainer.num_training_batches))  # type: ignore[attr-defined]
+        epochs = max(1, (self.trainer.max_epochs or 1) - self.joint_start_epoch)  # type: ignore[attr-defined]
+        progress = (self.batch_step() - self.joint_start_epoch * per_epoch) / (epochs * per_epoch)
+        return ramp(progress, self.lambda_hard_start, self.lambda_hard, self.hardness_schedule)
+
+    def current_ema_momentum(self) -> float:
+        """EMA schedule over batches (``global_step`` counts all three optimisers here)."""
+        if self._trainer is None:  # type: ignore[attr-defined]
+            return self.ema_momentum  # type: ignore[attr-defined]
+        from hardcl_lightning.optim import cosine_schedule
+
+        _, total = self.steps_per_epoch_and_total()  # type: ignore[attr-defined]
+        return cosine_schedule(self.batch_step(), total, self.ema_momentum, self.ema_momentum_end)  # type: ignore[attr-defined]
+
+    # --- generated samples ----------------------------------------------------------------------
+    def num_synthetic(self, batch_size: int) -> int:
+        return max(2, int(round(self.syn_share * batch_size)))
+
+    def synthetic_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Two differentiable views of generated images [0, 1], normalised like the real views."""
+        if not self.synthetic_augmentations:
+            mean, std = self.resolve_pixel_stats()
+            spec = ViewSpec(images.shape[-1])
+            self.synthetic_augmentations = [DifferentiableViewAugmentation(spec, mean.flatten(), std.flatten())] * 2
+        return [aug(images)[0] for aug in self.synthetic_augmentations]
+
+    def synthetic_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, list[ViewOutputs]]:
+        """The base method's training loss on two views of ``images`` (a batch of its own), and their outputs."""
+        outs = self.embed(self.synthetic_views(images))  # type: ignore[attr-defined]
+        return self.training_loss(outs), outs  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def equal_size_losses(self, real: list[ViewOutputs], syn: list[ViewOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The main model's loss on real and on generated views at the same batch size (the first m
+        of each): in-batch losses such as NT-Xent depend on the batch size, so only these compare."""
+        m = min(real[0]["feats"].shape[0], syn[0]["feats"].shape[0])
+        head = lambda outs: [{k: v[:m] for k, v in o.items()} for o in outs]  # noqa: E731
+        return self.training_loss(head(real)), self.training_loss(head(syn))  # type: ignore[attr-defined]
+
+    def main_modules(self) -> list[nn.Module]:
+        """Every module of the contrastive model (online and target), i.e. all but the GAN."""
+        return [m for name, m in self.named_children() if name != "gan"]  # type: ignore[attr-defined]
+
+    # --- the three steps --------------------------------------------------------------------------
+    def main_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[ViewOutputs], dict[str, torch.Tensor]]:
+        """``L_base(real) + lambda_syn * L_base(generated, detached)`` and the diagnostics."""
+        outs = self.embed(self.training_views(batch))  # type: ignore[attr-defined]
+        real_loss = self.training_loss(outs)  # type: ignore[attr-defined]
+        stats: dict[str, torch.Tensor] = {}
+        if not self.generator_enabled:
+            return real_loss, outs, stats
+        with torch.no_grad():
+            fake = self.gan.sample(self.num_synthetic(outs[0]["feats"].shape[0]))
+        train_on_fake = self.joint and self.lambda_syn > 0
+        with contextlib.nullcontext() if train_on_fake else torch.no_grad():
+            syn_loss, syn_outs = self.synthetic_loss(fake)
+        real_m, syn_m = self.equal_size_losses(outs, syn_outs)
+        stats.update({"train/loss_real": real_loss.detach(), "train/loss_syn": syn_loss.detach(),
+                      "hard/gen_loss_real": real_m, "hard/gen_loss_syn": syn_m, "hard/gen_loss_ratio": syn_m / real_m})
+        loss = real_loss + self.lambda_syn * syn_loss if train_on_fake else real_loss
+        return loss, outs, stats
+
+    def generator_loss(self, n: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``L_adv(G) - lambda_hard * L_base(views of G(z))``, and the fakes. The caller freezes the main
+        model (its optimiser toggled off, its BatchNorm statistics kept) around forward and backward."""
+        fake = self.gan.sample(n)
+        g_adv = self.gan.generator_loss(fake)
+        lam = self.current_lambda_hard()
+        stats = {"gan/g_adv": g_adv.detach(), "hard/gen_lambda_hard": torch.tensor(lam)}
+        if lam == 0:
+            return g_adv, fake, stats
+        hardness, _ = self.synthetic_loss(fake)
+        stats["hard/gen_loss_for_g"] = hardness.detach()
+        return g_adv - lam * hardness, fake, stats
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        self._batch_idx = batch_idx
+        opt_main, opt_g, opt_d = self.optimizers()  # type: ignore[attr-defined]
+        sched_main, sched_g, sched_d = self.lr_schedulers()  # type: ignore[attr-defined]
+        real = self.real_pixels(batch) if self.generator_enabled else None
+
+        # (1) main model on real + detached generated views
+        self.toggle_optimizer(opt_main)  # type: ignore[attr-defined]
+        loss, outs, stats = self.main_loss(batch)
+        ok = not self.nonfinite(loss, outs)  # type: ignore[attr-defined]
+        if ok:
+            tau = self.current_ema_momentum() if isinstance(self, MomentumMethod) else None
+            opt_main.zero_grad(set_to_none=True)
+            self.manual_backward(loss)  # type: ignore[attr-defined]
+            opt_main.step()
+            if tau is not None:
+                self.momentum_update(tau)
+                stats["train/ema_momentum"] = torch.tensor(tau)
+            self.after_training_loss(outs)  # type: ignore[attr-defined]
+        sched_main.step()
+        self.untoggle_optimizer(opt_main)  # type: ignore[attr-defined]
+
+        if self.generator_enabled:
+            # (2) generator: realistic and hard for the (frozen) main model
+            self.toggle_optimizer(opt_g)  # type: ignore[attr-defined]
+            # BatchNorm restored only after backward: autograd checks the running buffers' versions
+            with frozen_batchnorm_stats(self.main_modules()):
+                g_loss, fake, g_stats = self.generator_loss(self.num_synthetic(real.shape[0]))  # type: ignore[union-attr]
+                if self.check_finite("generator loss", g_loss):
+                    opt_g.zero_grad(set_to_none=True)
+                    self.manual_backward(g_loss)  # type: ignore[attr-defined]
+                    opt_g.step()
+            sched_g.step()
+            self.untoggle_optimizer(opt_g)  # type: ignore[attr-defined]
+            stats.update(g_stats)
+            # (3) discriminator: real vs this step's fakes
+            self.discriminator_step(real, fake, opt_d, sched_d)  # type: ignore[arg-type]
+        self.log_dict(stats, on_step=True, on_epoch=True)  # type: ignore[attr-defined]
+        if not ok:
+            return None
+        self.log("train/loss", loss.detach(), prog_bar=True)  # type: ignore[attr-defined]
+        return self.step_output(loss.detach(), outs, batch)  # type: ignore[attr-defined]
+
+
+class HardSampleCL(HardSampleMixin, SimCLR):
+    """SimCLR (NT-Xent) trained on real plus jointly generated hard samples (Wu et al.; a reconstruction)."""
+
+
+class HardSampleMoCoV2(HardSampleMixin, MoCoV2):
+    """MoCo v2 (InfoNCE against the queue) trained on real plus jointly generated hard samples;
+    generated keys are never enqueued, so the queue holds real negatives only."""
+
+
+def with_hard_samples(method_cls: type[BaseMethod]) -> type[BaseMethod]:
+    """``with_hard_samples(MyMethod)``: a subclass of ``MyMethod`` with a jointly trained hard-sample generator."""
+    return type(f"HardSample{method_cls.__name__}", (HardSampleMixin, method_cls),
+                {"__doc__": f"Generator-adversarial hard samples on {method_cls.__name__}."})
