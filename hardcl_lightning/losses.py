@@ -107,6 +107,41 @@ def nt_xent(
     return _reduce(loss, reduction)
 
 
+def multi_positive_nt_xent(
+    views: torch.Tensor, temperature: float = 0.2, reduction: Reduction = "mean", gather_distributed: bool = True
+) -> torch.Tensor:
+    """Contrastive loss with several positives per instance (SupCon's L_out, Khosla et al. 2020,
+    eq. 2, with instance ids as labels), for ``views`` [B, V, D]: V embeddings of each of B instances.
+
+    Anchor (i, v) has the other V-1 views of instance i as positives and every other embedding
+    (of all ranks, when ``gather_distributed``) in the denominator:
+    ``-1/(V-1) sum_p log(exp(s_ip/T) / sum_{a != (i,v)} exp(s_ia/T))``. The per-instance value is
+    the mean over its V anchors. With V = 2 this is NT-Xent.
+    """
+    if views.dim() != 3 or views.shape[1] < 2:
+        raise ValueError(f"multi_positive_nt_xent expects [B, V >= 2, D] embeddings, got {tuple(views.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    with torch.autocast(device_type=views.device.type, enabled=False):
+        z = F.normalize(views.float(), dim=-1)
+        b, v, d = z.shape
+        every = gather_with_grad(z) if gather_distributed else z
+        offset = b * rank() if every.shape[0] != b else 0
+        anchors, candidates = z.reshape(b * v, d), every.reshape(-1, d)
+        logits = anchors @ candidates.T / temperature  # [B V, N V]
+        instance_of_anchor = (torch.arange(b, device=z.device) + offset).repeat_interleave(v)
+        instance_of_candidate = torch.arange(every.shape[0], device=z.device).repeat_interleave(v)
+        self_idx = instance_of_anchor * v + torch.arange(v, device=z.device).repeat(b)
+        rows = torch.arange(b * v, device=z.device)
+        logits[rows, self_idx] = float("-inf")
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positive = instance_of_anchor[:, None] == instance_of_candidate[None, :]
+        positive[rows, self_idx] = False
+        per_anchor = -(log_prob.masked_fill(~positive, 0.0)).sum(dim=1) / (v - 1)
+        loss = per_anchor.view(b, v).mean(dim=1)
+    return _reduce(loss, reduction)
+
+
 def info_nce(
     query: torch.Tensor,
     positive_key: torch.Tensor,

@@ -16,9 +16,11 @@ def test_there_are_configs():
     assert {"quickstart.yaml", "simclr_cifar10.yaml", "mocov2_cifar10.yaml", "simsiam_cifar10.yaml", "byol_cifar10.yaml",
             "dino_cifar10.yaml", "dino_vit_imagefolder.yaml"} <= names
     base = {"simclr", "mocov2", "simsiam", "byol", "dino"}
-    generative = {"gan_pretrain", "hard_sample_gen"}
+    generative = {"gan_pretrain", "hard_sample_gen", "positive_pair", "hardgen_full"}
     assert {p.stem for p in CONFIGS if p.parent.name == "tiny"} == base | {f"hvs_{m}" for m in base} | {"mochi"} | generative
-    assert {"gan_pretrain_cifar10.yaml"} | {f"hard_sample_gen_{d}.yaml" for d in ("cifar10", "cifar100", "imagenet100")} <= names
+    datasets = ("cifar10", "cifar100", "imagenet100")
+    assert {"gan_pretrain_cifar10.yaml", "hardgen_full_cifar10.yaml"} | {f"hard_sample_gen_{d}.yaml" for d in datasets} <= names
+    assert {f"positive_pair_{d}.yaml" for d in datasets} <= names
     assert {"mochi_cifar10.yaml", "mochi_imagenet100.yaml"} <= names
     assert {f"hvs_{m}.yaml" for m in base} | {f"hvs_{m}_imagefolder.yaml" for m in base} <= names
 
@@ -98,7 +100,7 @@ def test_config_typo_names_the_key(capsys):
 
 
 @pytest.mark.parametrize("name", ["SimCLR", "MoCoV2", "SimSiam", "BYOL", "DINO", "HVSSimCLR", "HVSDINO", "HardSampleCL",
-                                  "HardSampleMoCoV2"])
+                                  "HardSampleMoCoV2", "PositivePairCL"])
 def test_cli_defaults_are_the_python_defaults(name, tmp_path, monkeypatch):
     """A method's own defaults (optimizer, lr, EMA, views) must be visible to LightningCLI, not hidden in code."""
     import hardcl_lightning.methods as methods

@@ -134,7 +134,7 @@ def test_generator_step_leaves_the_main_models_batchnorm_statistics_alone():
     model = HardSampleCL(**TINY, **GAN_TINY, lambda_hard=1.0, hardness_schedule="constant")
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k and not k.startswith("gan.")}
     with frozen_batchnorm_stats(model.main_modules()):
-        loss, _, _ = model.generator_loss(8)
+        loss, _, _ = model.generator_loss(16)
         loss.backward()
     after = model.state_dict()
     assert before and all(torch.equal(v, after[k]) for k, v in before.items())
@@ -145,7 +145,8 @@ def test_generator_loss_is_realism_minus_weighted_hardness():
     torch.manual_seed(0)
     model = HardSampleCL(**TINY, **GAN_TINY, lambda_hard=0.7, hardness_schedule="constant")
     torch.manual_seed(5)
-    loss, fake, stats = model.generator_loss(8)
+    loss, fake, stats = model.generator_loss(16)
+    assert fake.shape[0] == 8  # syn_share 0.5 of the batch
     with torch.no_grad():
         adv = model.gan.generator_loss(fake)  # DiffAugment is random: compare the pieces the loss logged
     assert math.isclose(loss.item(), stats["gan/g_adv"].item() - 0.7 * stats["hard/gen_loss_for_g"].item(), rel_tol=1e-5)

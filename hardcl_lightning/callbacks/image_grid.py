@@ -69,8 +69,9 @@ class HVSImageGrid(L.Callback):
 class GeneratedImageGrid(L.Callback):
     """Once per epoch: a grid of generated samples from a fixed set of latents, so epochs compare.
 
-    For any module with a ``gan`` (``GANPretrain``, the joint methods). The generator runs in
-    train mode, as in training, without changing its BatchNorm running statistics. Written as
+    For any module with a ``gan`` (``GANPretrain``, the joint methods); for the positive-pair
+    methods each latent gives its pair side by side (``G_a(z)``, ``G_b(z)``). The generators run
+    in train mode, as in training, without changing their BatchNorm running statistics. Written as
     ``generated_epoch<E>.png`` in the run's log directory and to the logger when it takes images.
 
     Args:
@@ -94,9 +95,14 @@ class GeneratedImageGrid(L.Callback):
             raise TypeError(f"GeneratedImageGrid needs a module with a 'gan' (GANPretrain or a joint method), got {type(pl_module).__name__}")
         g = torch.Generator().manual_seed(self.seed)
         z = torch.randn(self.num_images, gan.latent_dim, generator=g).to(pl_module.device)
-        with torch.no_grad(), frozen_batchnorm_stats([gan.generator]):
+        second = getattr(pl_module, "generator_b", None)
+        nrow = max(1, int(self.num_images**0.5))
+        with torch.no_grad(), frozen_batchnorm_stats([gan.generator] + ([second] if second is not None else [])):
             images = gan.generator(z).float().cpu()
-        grid = torchvision.utils.make_grid(images, nrow=int(self.num_images**0.5) or 1, padding=2, pad_value=1.0)
+            if second is not None:  # pairs side by side
+                images = torch.stack([images, second(z).float().cpu()], dim=1).flatten(0, 1)
+                nrow = 2 * nrow
+        grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
         _write_grid(trainer, grid, f"generated_epoch{trainer.current_epoch}.png", "hard/generated_samples", self.saved)
 
 

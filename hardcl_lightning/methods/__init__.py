@@ -21,6 +21,7 @@ from hardcl_lightning.methods.hvs import (
 )
 from hardcl_lightning.methods.mochi import MoCHi
 from hardcl_lightning.methods.mocov2 import MoCoV2
+from hardcl_lightning.methods.positive_pairs import PositivePairCL, PositivePairMixin, PositivePairMoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
 from hardcl_lightning.methods.simsiam import SimSiam
 
@@ -41,6 +42,9 @@ __all__ = [
     "MoCHi",
     "MomentumMethod",
     "MoCoV2",
+    "PositivePairCL",
+    "PositivePairMixin",
+    "PositivePairMoCoV2",
     "SimCLR",
     "SimSiam",
     "with_hard_samples",

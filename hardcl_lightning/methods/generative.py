@@ -159,8 +159,12 @@ class AdversarialTraining:
         mean, std = self.resolve_pixel_stats()
         return (x * std.to(x) + mean.to(x)).clamp(0, 1)
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """What the generator optimiser trains (methods with a second generator add it)."""
+        return list(self.gan.generator.parameters())
+
     def gan_optimizers(self, total_steps: int) -> tuple[list[torch.optim.Optimizer], list[dict]]:
-        opt_g = torch.optim.Adam(self.gan.generator.parameters(), lr=self.g_lr, betas=self.gan_betas)
+        opt_g = torch.optim.Adam(self.generator_parameters(), lr=self.g_lr, betas=self.gan_betas)
         opt_d = torch.optim.Adam(self.gan.discriminator.parameters(), lr=self.d_lr, betas=self.gan_betas)
         kind = self.gan_lr_schedule
         factor = lambda step: ramp(step / max(1, total_steps), 1.0, 0.0 if kind != "constant" else 1.0, kind)  # noqa: E731
@@ -353,16 +357,19 @@ class HardSampleMixin(AdversarialTraining):
     def joint(self) -> bool:
         return self.generator_enabled and (self._trainer is None or self.current_epoch >= self.joint_start_epoch)  # type: ignore[attr-defined]
 
+    def joint_progress(self) -> float:
+        """Fraction of the joint epochs done at this batch (0 in the warm-up; 1 without a trainer)."""
+        if self._trainer is None:  # type: ignore[attr-defined]
+            return 1.0
+        per_epoch = max(1, int(self.trainer.num_training_batches))  # type: ignore[attr-defined]
+        epochs = max(1, (self.trainer.max_epochs or 1) - self.joint_start_epoch)  # type: ignore[attr-defined]
+        return max(0.0, (self.batch_step() - self.joint_start_epoch * per_epoch) / (epochs * per_epoch))
+
     def current_lambda_hard(self) -> float:
         """``lambda_hard`` at this batch: 0 in the warm-up, then the schedule over the joint epochs."""
         if not self.joint:
             return 0.0
-        if self._trainer is None:  # type: ignore[attr-defined]
-            return self.lambda_hard
-        per_epoch = max(1, int(self.trainer.num_training_batches))  # type: ignore[attr-defined]
-        epochs = max(1, (self.trainer.max_epochs or 1) - self.joint_start_epoch)  # type: ignore[attr-defined]
-        progress = (self.batch_step() - self.joint_start_epoch * per_epoch) / (epochs * per_epoch)
-        return ramp(progress, self.lambda_hard_start, self.lambda_hard, self.hardness_schedule)
+        return ramp(self.joint_progress(), self.lambda_hard_start, self.lambda_hard, self.hardness_schedule)
 
     def current_ema_momentum(self) -> float:
         """EMA schedule over batches (``global_step`` counts all three optimisers here)."""
@@ -398,9 +405,17 @@ class HardSampleMixin(AdversarialTraining):
         head = lambda outs: [{k: v[:m] for k, v in o.items()} for o in outs]  # noqa: E731
         return self.training_loss(head(real)), self.training_loss(head(syn))  # type: ignore[attr-defined]
 
+    #: child modules that belong to the generative side (not the contrastive model)
+    generative_modules: tuple[str, ...] = ("gan",)
+
     def main_modules(self) -> list[nn.Module]:
         """Every module of the contrastive model (online and target), i.e. all but the GAN."""
-        return [m for name, m in self.named_children() if name != "gan"]  # type: ignore[attr-defined]
+        return [m for name, m in self.named_children() if name not in self.generative_modules]  # type: ignore[attr-defined]
+
+    @property
+    def hard_samples_on(self) -> bool:
+        """Whether the hard-sample game (main loss on generated views, hardness term for G) runs."""
+        return self.generator_enabled
 
     # --- the three steps --------------------------------------------------------------------------
     def main_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[ViewOutputs], dict[str, torch.Tensor]]:
@@ -408,7 +423,7 @@ class HardSampleMixin(AdversarialTraining):
         outs = self.embed(self.training_views(batch))  # type: ignore[attr-defined]
         real_loss = self.training_loss(outs)  # type: ignore[attr-defined]
         stats: dict[str, torch.Tensor] = {}
-        if not self.generator_enabled:
+        if not self.hard_samples_on:
             return real_loss, outs, stats
         with torch.no_grad():
             fake = self.gan.sample(self.num_synthetic(outs[0]["feats"].shape[0]))
@@ -421,10 +436,10 @@ class HardSampleMixin(AdversarialTraining):
         loss = real_loss + self.lambda_syn * syn_loss if train_on_fake else real_loss
         return loss, outs, stats
 
-    def generator_loss(self, n: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def generator_loss(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """``L_adv(G) - lambda_hard * L_base(views of G(z))``, and the fakes. The caller freezes the main
         model (its optimiser toggled off, its BatchNorm statistics kept) around forward and backward."""
-        fake = self.gan.sample(n)
+        fake = self.gan.sample(self.num_synthetic(batch_size))
         g_adv = self.gan.generator_loss(fake)
         lam = self.current_lambda_hard()
         stats = {"gan/g_adv": g_adv.detach(), "hard/gen_lambda_hard": torch.tensor(lam)}
@@ -461,7 +476,7 @@ class HardSampleMixin(AdversarialTraining):
             self.toggle_optimizer(opt_g)  # type: ignore[attr-defined]
             # BatchNorm restored only after backward: autograd checks the running buffers' versions
             with frozen_batchnorm_stats(self.main_modules()):
-                g_loss, fake, g_stats = self.generator_loss(self.num_synthetic(real.shape[0]))  # type: ignore[union-attr]
+                g_loss, fake, g_stats = self.generator_loss(real.shape[0])  # type: ignore[union-attr]
                 if self.check_finite("generator loss", g_loss):
                     opt_g.zero_grad(set_to_none=True)
                     self.manual_backward(g_loss)  # type: ignore[attr-defined]

@@ -1,0 +1,222 @@
+"""Hard positive-pair generation and the combined framework (Wu et al., arXiv 2202.06464): a reconstruction.
+
+From the paper (abstract level, ``DESIGN.md``): two generators produce a pair of
+similar-but-distinct samples from one latent; each gets two views, four positives per
+generated instance; the pair is made harder by lowering its similarity over training; the
+paper uses this together with generator-adversarial hard samples. Our choices:
+
+- both generators start from the same (pre-trained) generator: ``G_a`` is the GAN's generator,
+  ``G_b`` a copy of it made at construction and again when ``generator_checkpoint`` is loaded;
+  one optimiser trains both. A similarity has zero gradient at identical images, so what first
+  separates the pair is the hardness term (its views are augmented independently) or, when
+  that is off, ``generator_b_noise`` (relative Gaussian noise on G_b's copied weights);
+- main model: ``... + lambda_pos * L_multi(4 views of (G_a(z), G_b(z)))``, generated images
+  detached, ``L_multi`` the multi-positive contrastive loss (SupCon with instance ids as labels;
+  in-batch negatives) on the method's projection (SimCLR ``z``, MoCo ``q``);
+- generators: ``L_adv(G_a(z)) + L_adv(G_b(z)) + lambda_pair * mean((sim - target)^2)
+  - lambda_pos_hard * L_multi`` with the main model frozen: realistic, at the scheduled
+  similarity, and hard for the main model;
+- ``sim`` is the cosine of the pair in the main model's backbone features of the un-augmented
+  images (``sim_space="embedding"``) or of the mean-centred pixels (``"pixel"``); the target
+  falls from ``sim_start`` to ``sim_end`` (``linear`` or ``cosine``) over the joint epochs;
+- the discriminator sees real images against the fakes of both generators.
+
+``hard_samples`` switches the generator-adversarial branch (``HardSampleMixin``) on beside the
+pairs: the combined framework (``configs/hardgen_full_cifar10.yaml``); ``positive_pairs`` switches
+the pairs off. Logged: ``hard/pair_sim_target``, ``hard/pair_sim_achieved``,
+``hard/pair_pos_loss`` (main model), ``hard/pair_penalty``, ``gan/g_adv_pair``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hardcl_lightning.losses import multi_positive_nt_xent
+from hardcl_lightning.methods.base import ViewOutputs
+from hardcl_lightning.methods.generative import SCHEDULES, HardSampleMixin, ramp
+from hardcl_lightning.methods.mocov2 import MoCoV2
+from hardcl_lightning.methods.simclr import SimCLR
+
+SIM_SPACES = ("embedding", "pixel")
+
+
+def pixel_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample cosine of mean-centred, flattened images [B]."""
+    a, b = a.flatten(1), b.flatten(1)
+    return F.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True), dim=1)
+
+
+class PositivePairMixin(HardSampleMixin):
+    """Adds hard positive-pair generation (and, with ``hard_samples``, the generator-adversarial
+    hard samples too) to a method on the contract. See the module docstring for what is ours.
+
+    Args (besides ``HardSampleMixin``'s and the method's own):
+        positive_pairs: train on generated positive pairs (False: only the hard-sample branch, if on).
+        hard_samples: also run the generator-adversarial hard-sample branch (the combined framework).
+        lambda_pos: weight of the main model's multi-positive loss on generated pairs.
+        pos_share: generated pairs per step, as a fraction of the real batch (at least 2).
+        sim_start, sim_end, sim_schedule: the target pair similarity, from start to end over the
+            joint epochs (``linear``, ``cosine``; ``constant`` holds ``sim_end``).
+        sim_space: ``embedding`` (main model's backbone features) or ``pixel``.
+        lambda_pair: weight of the generators' penalty ``(sim - target)^2``.
+        lambda_pos_hard: weight of the generators' hardness term (they maximise the main model's
+            positive-pair loss).
+        generator_b_noise: std of Gaussian noise, relative to each weight tensor's std, added to
+            G_b's copy of G_a (0: an exact copy; needed > 0 when ``lambda_pos_hard`` is 0).
+    """
+
+    generative_modules = ("gan", "generator_b")
+
+    def __init__(
+        self,
+        *args: Any,
+        positive_pairs: bool = True,
+        hard_samples: bool = False,
+        lambda_pos: float = 0.5,
+        pos_share: float = 0.25,
+        sim_start: float = 0.9,
+        sim_end: float = 0.5,
+        sim_schedule: str = "linear",
+        sim_space: str = "embedding",
+        lambda_pair: float = 1.0,
+        lambda_pos_hard: float = 0.1,
+        generator_b_noise: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        for name, v in (("lambda_pos", lambda_pos), ("lambda_pair", lambda_pair), ("lambda_pos_hard", lambda_pos_hard)):
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if pos_share <= 0:
+            raise ValueError(f"pos_share must be > 0 (generated pairs per real sample), got {pos_share}")
+        for name, v in (("sim_start", sim_start), ("sim_end", sim_end)):
+            if not -1 <= v <= 1:
+                raise ValueError(f"{name} is a cosine similarity and must be in [-1, 1], got {v}")
+        if sim_schedule not in SCHEDULES:
+            raise ValueError(f"unknown sim_schedule {sim_schedule!r}; choose one of {list(SCHEDULES)}")
+        if sim_space not in SIM_SPACES:
+            raise ValueError(f"unknown sim_space {sim_space!r}; choose one of {list(SIM_SPACES)}")
+        if generator_b_noise < 0:
+            raise ValueError(f"generator_b_noise must be >= 0, got {generator_b_noise}")
+        if positive_pairs and lambda_pos_hard == 0 and generator_b_noise == 0:
+            raise ValueError(
+                "with lambda_pos_hard=0 and generator_b_noise=0 the two generators stay identical (the similarity "
+                "penalty has zero gradient at identical images); set generator_b_noise > 0 (e.g. 0.05) or lambda_pos_hard > 0"
+            )
+        self.positive_pairs, self.hard_samples = positive_pairs, hard_samples
+        self.lambda_pos, self.pos_share, self.lambda_pair, self.lambda_pos_hard = lambda_pos, pos_share, lambda_pair, lambda_pos_hard
+        self.sim_start, self.sim_end, self.sim_schedule, self.sim_space = sim_start, sim_end, sim_schedule, sim_space
+        self.generator_b_noise = generator_b_noise
+        self.generator_b = copy.deepcopy(self.gan.generator)
+        self.copy_generator_a_to_b()
+
+    @torch.no_grad()
+    def copy_generator_a_to_b(self) -> None:
+        """G_b := G_a (+ ``generator_b_noise`` x each weight tensor's std, when set)."""
+        self.generator_b.load_state_dict(self.gan.generator.state_dict())
+        if self.generator_b_noise > 0:
+            for p in self.generator_b.parameters():
+                if p.numel() > 1:
+                    p.add_(torch.randn_like(p) * p.std() * self.generator_b_noise)
+
+    @property
+    def hard_samples_on(self) -> bool:
+        return self.generator_enabled and self.hard_samples
+
+    @property
+    def pairs_on(self) -> bool:
+        return self.generator_enabled and self.positive_pairs and self.joint
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [*self.gan.generator.parameters(), *self.generator_b.parameters()]
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.generator_checkpoint and self.trainer.ckpt_path is None:  # both generators start from the checkpoint
+            self.copy_generator_a_to_b()
+
+    # --- pairs --------------------------------------------------------------------------------
+    def num_pairs(self, batch_size: int) -> int:
+        return max(2, int(round(self.pos_share * batch_size)))
+
+    def generate_pair(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G_a(z), G_b(z))`` for one latent batch z: [n, 3, S, S] each, in [0, 1]."""
+        z = torch.randn(n, self.gan.latent_dim, device=next(self.generator_b.parameters()).device)
+        return self.gan.generator(z), self.generator_b(z)
+
+    def target_similarity(self) -> float:
+        return ramp(self.joint_progress(), self.sim_start, self.sim_end, self.sim_schedule)
+
+    def pair_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-pair cosine [n] in ``sim_space`` (embedding: the main model's backbone features)."""
+        if self.sim_space == "pixel":
+            return pixel_cosine(a, b)
+        mean, std = self.resolve_pixel_stats()
+        norm = lambda x: (x - mean.to(x)) / std.to(x)  # noqa: E731
+        feats = self.backbone(norm(torch.cat([a, b])))  # type: ignore[attr-defined]
+        fa, fb = feats.float().chunk(2)
+        return F.cosine_similarity(fa, fb, dim=1)
+
+    def projection(self, out: ViewOutputs) -> torch.Tensor:
+        for key in ("z", "q"):
+            if key in out:
+                return out[key]
+        raise KeyError(f"{type(self).__name__}: positive pairs need a projection output 'z' or 'q', got {sorted(out)}")
+
+    def positive_pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Multi-positive loss on two views of each of ``a`` and ``b``: four positives per instance."""
+        views = [*self.synthetic_views(a), *self.synthetic_views(b)]
+        outs = self.embed(views)  # type: ignore[attr-defined]
+        z = torch.stack([self.projection(o) for o in outs], dim=1)  # [n, 4, D]
+        return multi_positive_nt_xent(z, self.temperature, gather_distributed=getattr(self, "gather_distributed", True))  # type: ignore[attr-defined]
+
+    # --- the steps ------------------------------------------------------------------------------
+    def main_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[ViewOutputs], dict[str, torch.Tensor]]:
+        loss, outs, stats = super().main_loss(batch)
+        if self.generator_enabled and self.positive_pairs:
+            with torch.no_grad():
+                a, b = self.generate_pair(self.num_pairs(outs[0]["feats"].shape[0]))
+            train = self.pairs_on and self.lambda_pos > 0
+            with torch.enable_grad() if train else torch.no_grad():
+                pos_loss = self.positive_pair_loss(a, b)
+            stats["hard/pair_pos_loss"] = pos_loss.detach()
+            if train:
+                loss = loss + self.lambda_pos * pos_loss
+        return loss, outs, stats
+
+    def generator_loss(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        loss, fake, stats = super().generator_loss(batch_size) if self.hard_samples_on else (None, None, {})
+        if self.generator_enabled and self.positive_pairs:
+            a, b = self.generate_pair(self.num_pairs(batch_size))
+            adv = self.gan.generator_loss(torch.cat([a, b]))
+            pair = adv
+            sim = self.pair_similarity(a, b)
+            target = self.target_similarity()
+            penalty = (sim - target).pow(2).mean()
+            stats.update({"gan/g_adv_pair": adv.detach(), "hard/pair_sim_target": torch.tensor(target),
+                          "hard/pair_sim_achieved": sim.detach().mean(), "hard/pair_penalty": penalty.detach()})
+            if self.pairs_on:
+                pair = pair + self.lambda_pair * penalty
+                if self.lambda_pos_hard > 0:
+                    pair = pair - self.lambda_pos_hard * self.positive_pair_loss(a, b)
+            loss = pair if loss is None else loss + pair
+            fake = torch.cat([a, b]) if fake is None else torch.cat([fake, a, b])
+        if loss is None:  # neither branch: G still learns realism
+            fake = self.gan.sample(self.num_synthetic(batch_size))
+            loss = self.gan.generator_loss(fake)
+            stats["gan/g_adv"] = loss.detach()
+        return loss, fake, stats
+
+
+class PositivePairCL(PositivePairMixin, SimCLR):
+    """SimCLR trained on real data plus generated hard positive pairs (Wu et al.; a reconstruction).
+    ``hard_samples: true`` adds the generator-adversarial hard samples: the paper's combined framework."""
+
+
+class PositivePairMoCoV2(PositivePairMixin, MoCoV2):
+    """MoCo v2 with generated hard positive pairs (the pairs' loss uses in-batch negatives)."""
