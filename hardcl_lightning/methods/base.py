@@ -29,6 +29,11 @@ from hardcl_lightning.optim import OPTIMIZERS, build_optimizer, cosine_schedule,
 ViewOutputs = dict[str, torch.Tensor]
 
 
+def _to_channels_last(_module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: 4-D tensor inputs in channels-last memory format."""
+    return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4 else a for a in args)
+
+
 class BaseMethod(L.LightningModule):
     """Base SSL method.
 
@@ -50,6 +55,10 @@ class BaseMethod(L.LightningModule):
         on_nonfinite_loss: ``raise`` stops training with an error naming the step and the loss
             terms (before any optimiser step, so no weights or checkpoints become NaN); ``skip``
             drops that step's update and goes on.
+        channels_last: keep the backbone's weights and inputs in channels-last memory format
+            (faster convolutions on tensor-core GPUs under mixed precision).
+        compile_backend: ``torch.compile`` the backbone with this backend (``inductor`` on GPUs;
+            ``eager`` to debug); compiled in place, so checkpoints keep their keys. None: off.
     """
 
     def __init__(
@@ -69,6 +78,8 @@ class BaseMethod(L.LightningModule):
         warmup_epochs: float = 10.0,
         min_lr_ratio: float = 0.0,
         on_nonfinite_loss: str = "raise",
+        channels_last: bool = False,
+        compile_backend: str | None = None,
     ) -> None:
         super().__init__()
         if on_nonfinite_loss not in ("raise", "skip"):
@@ -87,10 +98,26 @@ class BaseMethod(L.LightningModule):
         self.backbone, self.feature_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, image_size=image_size, **(backbone_kwargs or {})
         )
-        self.num_views, self.batch_size, self.image_size = num_views, batch_size, image_size
         self.optimizer_name, self.base_lr, self.scale_lr = optimizer, lr, scale_lr
         self.weight_decay, self.sgd_momentum, self.lars_eta = weight_decay, momentum, lars_eta
         self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
+        self.num_views, self.batch_size, self.image_size = num_views, batch_size, image_size
+        self.channels_last, self.compile_backend = channels_last, compile_backend
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            # every caller (training views, kNN bank, probe, predict) gets channels-last inputs
+            self.backbone.register_forward_pre_hook(_to_channels_last)
+        if compile_backend is not None:
+            import torch._dynamo as dynamo
+
+            if compile_backend not in dynamo.list_backends(exclude_tags=()):
+                raise ValueError(f"unknown compile_backend {compile_backend!r}; choose one of {dynamo.list_backends()}")
+
+    def configure_model(self) -> None:
+        """Compile the online backbone in place (after EMA targets were copied from it)."""
+        if self.compile_backend is not None and not getattr(self, "_compiled", False):
+            self.backbone.compile(backend=self.compile_backend)
+            self._compiled = True
 
     # --- the contract ---------------------------------------------------------------------
     def embed_batch(self, x: torch.Tensor) -> ViewOutputs:
