@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from hardcl_lightning.backbones import build_backbone
+from hardcl_lightning.checkpointing import ResumableState
 from hardcl_lightning.optim import OPTIMIZERS, build_optimizer, cosine_schedule, split_decay_groups, warmup_cosine
 
 ViewOutputs = dict[str, torch.Tensor]
@@ -34,7 +35,18 @@ def _to_channels_last(_module: nn.Module, args: tuple) -> tuple:
     return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4 else a for a in args)
 
 
-class BaseMethod(L.LightningModule):
+def sync_lambda_schedules(trainer: L.Trainer) -> None:
+    """Param-group LRs := base LR x schedule(current step), for every ``LambdaLR`` of the trainer."""
+    for config in trainer.lr_scheduler_configs:
+        sched = config.scheduler
+        if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+            for group, lr in zip(sched.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            sched._last_lr = lrs
+
+
+class BaseMethod(ResumableState, L.LightningModule):
     """Base SSL method.
 
     Args:
@@ -226,6 +238,11 @@ class BaseMethod(L.LightningModule):
         return self.backbone(x)
 
     # --- optimisation ---------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Set each LR from its schedule at the current step: a resumed run whose length changed
+        (a larger ``max_epochs``) continues on the new schedule instead of the saved LR."""
+        sync_lambda_schedules(self.trainer)
+
     def learnable_modules(self) -> dict[str, nn.Module]:
         """Modules trained by the main optimiser; subclasses add their heads."""
         return {"backbone": self.backbone}

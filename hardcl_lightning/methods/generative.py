@@ -48,10 +48,11 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from hardcl_lightning.checkpointing import ResumableState
 from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, DifferentiableViewAugmentation
 from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
 from hardcl_lightning.gan import GAN
-from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs
+from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs, sync_lambda_schedules
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
 
@@ -195,7 +196,7 @@ class AdversarialTraining:
                       on_step=True, on_epoch=True)
 
 
-class GANPretrain(AdversarialTraining, L.LightningModule):
+class GANPretrain(ResumableState, AdversarialTraining, L.LightningModule):
     """GAN pre-training on the unlabeled training images (hinge loss, DiffAugment on real and fake).
 
     Its checkpoint initialises the joint methods (``generator_checkpoint``). Logged: ``gan/d_loss``,
@@ -236,6 +237,9 @@ class GANPretrain(AdversarialTraining, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.request_real_images()
+
+    def on_train_start(self) -> None:
+        sync_lambda_schedules(self.trainer)
 
     def configure_optimizers(self):
         return self.gan_optimizers(int(self.trainer.estimated_stepping_batches))
