@@ -1,10 +1,14 @@
-"""Checkpoints that are never half-written.
+"""Checkpoints that are never half-written, and runs that resume where they stopped.
 
 ``AtomicCheckpointIO`` writes each checkpoint to a temporary file in the target directory,
 flushes it to disk and renames it over the target (``os.replace`` is atomic on POSIX). A job
 killed mid-write (time limit, pre-emption, SIGKILL) leaves the previous checkpoint intact, so
 ``last.ckpt`` always loads. The ``hardcl`` CLI installs it by default; remote paths (``s3://``...)
 fall back to Lightning's own writer.
+
+``ResumableState`` adds RNG states and the wandb run id to checkpoints; ``SignalCheckpoint``
+checkpoints on SIGUSR1/SIGTERM; ``find_resumable_checkpoint`` / ``continue_loggers`` are what
+``hardcl fit --resume auto`` (the default) uses to continue an unfinished run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -82,3 +87,120 @@ class ResumableState:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
+
+
+LAST = "last.ckpt"
+FINISHED = ".finished"  # "last.ckpt.finished" beside a last.ckpt: that run ended normally; never resumed
+
+
+def _completed_epochs(ckpt: dict[str, Any]) -> int:
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("epoch", 0))
+
+
+def _same_hparams(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    norm = lambda d: {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    return norm(saved) == norm(current)
+
+
+def find_resumable_checkpoint(roots: list[str | Path], hparams: dict[str, Any], max_epochs: int | None,
+                              max_steps: int = -1) -> tuple[Path, dict[str, Any]] | None:
+    """The newest ``last.ckpt`` under ``roots`` of a run with the same hyperparameters that has not
+    finished (fewer completed epochs than ``max_epochs`` / fewer steps than ``max_steps``), with its
+    contents; None when there is none. What requeued jobs resume from."""
+    found = sorted({p.resolve() for r in roots if Path(r).is_dir() for p in Path(r).rglob(LAST)},
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        done = path.with_name(path.name + FINISHED)
+        if done.exists() and done.stat().st_mtime >= path.stat().st_mtime:
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a foreign or damaged file is skipped, never fatal
+            print(f"[resume] skipping unreadable {path}: {e}")
+            continue
+        if not _same_hparams(ckpt.get("hyper_parameters", {}), hparams):
+            continue
+        unfinished = (max_epochs is not None and max_epochs > 0 and _completed_epochs(ckpt) < max_epochs) or (
+            max_steps is not None and max_steps > 0 and int(ckpt.get("global_step", 0)) < max_steps)
+        if unfinished:
+            return path, ckpt
+    return None
+
+
+def continue_loggers(loggers: list[Any], ckpt_path: Path, ckpt: dict[str, Any]) -> None:
+    """Point the loggers at the resumed run: TensorBoard/CSV reuse its ``version_N`` directory,
+    Weights & Biases its run id (saved in the checkpoint by ``ResumableState``)."""
+    version = next((p.name for p in ckpt_path.parents if p.name.startswith("version_")), None)
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger" and ckpt.get("wandb_run_id"):
+            logger._id = ckpt["wandb_run_id"]
+            logger._wandb_init.update(id=ckpt["wandb_run_id"], resume="allow")
+        elif kind in ("TensorBoardLogger", "CSVLogger") and version is not None and getattr(logger, "_version", 0) is None:
+            logger._version = int(version.split("_", 1)[1]) if version.split("_", 1)[1].isdigit() else version
+
+
+class SignalCheckpoint(L.Callback):
+    """Checkpoint and stop at the next batch boundary on SIGUSR1 or SIGTERM (pre-emption, the
+    scheduler's warning before a time limit, ``kill``): the run then resumes from ``last.ckpt``
+    with nothing lost. Under SLURM with auto-requeue, Lightning's own SIGUSR1 handler (an HPC
+    checkpoint and a requeue) is left in charge of SIGUSR1. Under DDP the ranks agree (any rank
+    signalled -> all save), so the collective save cannot hang.
+
+    The ``hardcl`` CLI adds it to every fit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.saved_path: Path | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signals = [signal.SIGTERM]
+        env = trainer._accelerator_connector.cluster_environment
+        if hasattr(signal, "SIGUSR1") and not (type(env).__name__ == "SLURMEnvironment" and getattr(env, "auto_requeue", False)):
+            signals.append(signal.SIGUSR1)
+        for s in signals:
+            self._previous[s] = signal.getsignal(s)
+            signal.signal(s, self._handler)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        import signal
+
+        cb = trainer.checkpoint_callback
+        if self.received is None and not trainer.interrupted and trainer.is_global_zero and cb is not None and cb.last_model_path:
+            # a run that ended by itself (max_epochs/steps, early stopping) is complete: mark it
+            Path(cb.last_model_path + FINISHED).touch()
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def checkpoint_path(self, trainer: Any) -> Path:
+        cb = trainer.checkpoint_callback
+        directory = cb.dirpath if cb is not None and cb.dirpath else trainer.default_root_dir
+        return Path(directory) / LAST
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved_path = path
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            print(f"[hardcl] signal {self.received}: checkpoint written to {path} at global step {trainer.global_step}; "
+                  "run the same command again to resume", flush=True)

@@ -1,0 +1,113 @@
+"""Faults: a real training process killed (SIGKILL) or signalled (SIGUSR1, SIGTERM) mid-run and
+started again with the same command resumes by itself and loses at most the steps since its
+last checkpoint (none after a signal). Also: --resume never, finished runs, logger continuity."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CKPT_EVERY = 4
+STEPS_PER_EPOCH, EPOCHS = 8, 3
+
+
+class StepMarker(L.Callback):
+    """Appends the global step after every training batch (and can slow steps down)."""
+
+    def __init__(self, path: str, sleep: float = 0.0) -> None:
+        self.path, self.sleep = path, sleep
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step}\n")
+        time.sleep(self.sleep)
+
+
+def command(tmp_path: Path, sleep: float, extra=()) -> list[str]:
+    override = tmp_path / "override.yaml"
+    override.write_text(f"""trainer:
+  max_epochs: {EPOCHS}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{every_n_train_steps: {CKPT_EVERY}, save_last: true}}
+    - class_path: test_faults.StepMarker
+      init_args: {{path: {tmp_path / 'steps.txt'}, sleep: {sleep}}}
+data:
+  init_args: {{num_train: {STEPS_PER_EPOCH * 16}, num_val: 32, batch_size: 16, num_workers: 0}}
+""")
+    return [sys.executable, "-m", "hardcl_lightning", "fit", "--config", str(REPO / "configs" / "tiny" / "simclr.yaml"),
+            "--config", str(override), *extra]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def steps(tmp_path: Path) -> list[int]:
+    f = tmp_path / "steps.txt"
+    return [int(x) for x in f.read_text().split()] if f.exists() else []
+
+
+def last_ckpt(tmp_path: Path) -> Path:
+    found = list(tmp_path.rglob("last.ckpt"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def interrupt(tmp_path: Path, sig: int, after_step: int) -> tuple[int, subprocess.CompletedProcess]:
+    proc = subprocess.Popen(command(tmp_path, sleep=0.3), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while (not steps(tmp_path) or steps(tmp_path)[-1] < after_step) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+def restart(tmp_path: Path) -> str:
+    done = subprocess.run(command(tmp_path, sleep=0.0), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGUSR1, signal.SIGTERM], ids=["SIGKILL", "SIGUSR1", "SIGTERM"])
+def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, tmp_path):
+    rc, out = interrupt(tmp_path, sig, after_step=CKPT_EVERY + 2)
+    before = steps(tmp_path)
+    done_before = before[-1]
+    saved = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)["global_step"]
+    lost = done_before - saved
+    print(f"\n[fault] {signal.Signals(sig).name}: exit {rc}, steps done {done_before}, checkpoint at {saved}, steps lost {lost}")
+    if sig == signal.SIGKILL:
+        assert rc == -signal.SIGKILL and 0 <= lost < CKPT_EVERY + 1
+    else:  # a signal: checkpoint at the next batch boundary, nothing lost
+        assert "checkpoint written" in out, out[-3000:]
+        assert lost == 0
+    log = restart(tmp_path)
+    assert "resuming the unfinished run" in log
+    after = steps(tmp_path)[len(before):]
+    assert after[0] == saved + 1  # the first step after the restart continues from the checkpoint
+    assert after[-1] == STEPS_PER_EPOCH * EPOCHS
+    assert torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)["global_step"] == STEPS_PER_EPOCH * EPOCHS
+    assert len(list((tmp_path / "runs").rglob("version_*"))) == 1  # logs continue in the same run directory
+
+
+def test_finished_runs_and_resume_never_start_fresh(tmp_path):
+    restart(tmp_path)  # a complete run
+    first = steps(tmp_path)
+    log = restart(tmp_path)  # same command again: the run is finished, so a new one starts
+    assert "resuming" not in log and steps(tmp_path)[len(first)] == 1
+    (tmp_path / "steps.txt").unlink()
+    rc, _ = interrupt(tmp_path, signal.SIGUSR1, after_step=2)
+    done = subprocess.run(command(tmp_path, sleep=0.0, extra=["--resume=never"]), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "resuming" not in done.stdout + done.stderr
+    assert steps(tmp_path)[-STEPS_PER_EPOCH * EPOCHS] == 1  # trained from step 1 again
