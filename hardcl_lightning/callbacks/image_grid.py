@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import torch
 import torchvision
-from lightning.pytorch.utilities import rank_zero_only
 
 
 def _to_display(x: torch.Tensor) -> torch.Tensor:
@@ -56,14 +55,16 @@ class HVSImageGrid(L.Callback):
                 tiles.append(img)
         return torchvision.utils.make_grid(torch.stack(tiles), nrow=len(candidates), padding=2, pad_value=1.0)
 
-    @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         selection = getattr(pl_module, "last_selection", None)
         if batch_idx != 0 or not selection:
             return
+        out_dir = _log_dir(trainer)  # on every rank: it is a collective under DDP
+        if not trainer.is_global_zero:
+            return
         n = pl_module.num_views
         grid = self.make_grid(list(batch["views"][:n]), selection["index_a"], selection["index_b"])
-        _write_grid(trainer, grid, f"hvs_grid_epoch{trainer.current_epoch}.png", "hard/hvs_candidates", self.saved)
+        _write_grid(trainer, out_dir, grid, f"hvs_grid_epoch{trainer.current_epoch}.png", "hard/hvs_candidates", self.saved)
 
 
 class GeneratedImageGrid(L.Callback):
@@ -86,13 +87,15 @@ class GeneratedImageGrid(L.Callback):
         self.num_images, self.seed = num_images, seed
         self.saved: list[Path] = []
 
-    @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from hardcl_lightning.methods.generative import frozen_batchnorm_stats
 
         gan = getattr(pl_module, "gan", None)
         if gan is None:
             raise TypeError(f"GeneratedImageGrid needs a module with a 'gan' (GANPretrain or a joint method), got {type(pl_module).__name__}")
+        out_dir = _log_dir(trainer)  # on every rank: it is a collective under DDP
+        if not trainer.is_global_zero:
+            return
         g = torch.Generator().manual_seed(self.seed)
         z = torch.randn(self.num_images, gan.latent_dim, generator=g).to(pl_module.device)
         second = getattr(pl_module, "generator_b", None)
@@ -103,12 +106,17 @@ class GeneratedImageGrid(L.Callback):
                 images = torch.stack([images, second(z).float().cpu()], dim=1).flatten(0, 1)
                 nrow = 2 * nrow
         grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
-        _write_grid(trainer, grid, f"generated_epoch{trainer.current_epoch}.png", "hard/generated_samples", self.saved)
+        _write_grid(trainer, out_dir, grid, f"generated_epoch{trainer.current_epoch}.png", "hard/generated_samples", self.saved)
 
 
-def _write_grid(trainer: L.Trainer, grid: torch.Tensor, filename: str, key: str, saved: list[Path]) -> None:
-    """PNG in the run's log directory, and the logger's image panel when it has one."""
-    out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+def _log_dir(trainer: L.Trainer) -> Path:
+    """The run's log directory. ``trainer.log_dir`` broadcasts from rank 0, so every rank must ask
+    (asking on rank 0 only hangs a DDP run)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _write_grid(trainer: L.Trainer, out_dir: Path, grid: torch.Tensor, filename: str, key: str, saved: list[Path]) -> None:
+    """PNG in the run's log directory, and the logger's image panel when it has one (rank 0 only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / filename
     torchvision.utils.save_image(grid, path)

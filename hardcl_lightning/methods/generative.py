@@ -86,6 +86,24 @@ def frozen_batchnorm_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
             bn.num_batches_tracked.copy_(count)
 
 
+@contextlib.contextmanager
+def local_loss(method: Any) -> Iterator[None]:
+    """Compute a loss with this rank's samples only (no cross-rank gather).
+
+    Generated samples are drawn per rank and need no other rank's negatives; keeping their loss
+    local also keeps collectives out of the generator's backward pass, where, beside DDP's own
+    gradient all-reduce under manual optimisation, they can deadlock.
+    """
+    saved = getattr(method, "gather_distributed", None)
+    if saved is not None:
+        method.gather_distributed = False
+    try:
+        yield
+    finally:
+        if saved is not None:
+            method.gather_distributed = saved
+
+
 def load_gan_state(gan: GAN, path: str) -> None:
     """Load G and D from a Lightning checkpoint of any module that holds a ``gan`` (``GANPretrain``
     or a joint method); a clear error when the file or the architecture does not match."""
@@ -397,9 +415,11 @@ class HardSampleMixin(AdversarialTraining):
         return [aug(images)[0] for aug in self.synthetic_augmentations]
 
     def synthetic_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, list[ViewOutputs]]:
-        """The base method's training loss on two views of ``images`` (a batch of its own), and their outputs."""
+        """The base method's training loss on two views of ``images`` (a batch of its own, on each
+        rank: generated samples are not gathered across ranks), and their outputs."""
         outs = self.embed(self.synthetic_views(images))  # type: ignore[attr-defined]
-        return self.training_loss(outs), outs  # type: ignore[attr-defined]
+        with local_loss(self):
+            return self.training_loss(outs), outs  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def equal_size_losses(self, real: list[ViewOutputs], syn: list[ViewOutputs]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ paper uses this together with generator-adversarial hard samples. Our choices:
   that is off, ``generator_b_noise`` (relative Gaussian noise on G_b's copied weights);
 - main model: ``... + lambda_pos * L_multi(4 views of (G_a(z), G_b(z)))``, generated images
   detached, ``L_multi`` the multi-positive contrastive loss (SupCon with instance ids as labels;
-  in-batch negatives) on the method's projection (SimCLR ``z``, MoCo ``q``);
+  in-batch negatives of this rank) on the method's projection (SimCLR ``z``, MoCo ``q``);
 - generators: ``L_adv(G_a(z)) + L_adv(G_b(z)) + lambda_pair * mean((sim - target)^2)
   - lambda_pos_hard * L_multi`` with the main model frozen: realistic, at the scheduled
   similarity, and hard for the main model;
@@ -173,7 +173,8 @@ class PositivePairMixin(HardSampleMixin):
         views = [*self.synthetic_views(a), *self.synthetic_views(b)]
         outs = self.embed(views)  # type: ignore[attr-defined]
         z = torch.stack([self.projection(o) for o in outs], dim=1)  # [n, 4, D]
-        return multi_positive_nt_xent(z, self.temperature, gather_distributed=getattr(self, "gather_distributed", True))  # type: ignore[attr-defined]
+        # per rank, like every loss on generated samples (generative.local_loss says why)
+        return multi_positive_nt_xent(z, self.temperature, gather_distributed=False)  # type: ignore[attr-defined]
 
     # --- the steps ------------------------------------------------------------------------------
     def main_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[ViewOutputs], dict[str, torch.Tensor]]:
