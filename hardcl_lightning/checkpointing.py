@@ -101,7 +101,8 @@ def _completed_epochs(ckpt: dict[str, Any]) -> int:
 
 
 def _same_hparams(saved: dict[str, Any], current: dict[str, Any]) -> bool:
-    norm = lambda d: {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    # the CLI's "_instantiator" names a function object; "_class_path" (the method) is compared
+    norm = lambda d: {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k != "_instantiator"}  # noqa: E731
     return norm(saved) == norm(current)
 
 

@@ -55,6 +55,7 @@ from hardcl_lightning.gan import GAN
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs, sync_lambda_schedules
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
+from hardcl_lightning.optim import cosine_schedule
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -397,8 +398,6 @@ class HardSampleMixin(AdversarialTraining):
         """EMA schedule over batches (``global_step`` counts all three optimisers here)."""
         if self._trainer is None:  # type: ignore[attr-defined]
             return self.ema_momentum  # type: ignore[attr-defined]
-        from hardcl_lightning.optim import cosine_schedule
-
         _, total = self.steps_per_epoch_and_total()  # type: ignore[attr-defined]
         return cosine_schedule(self.batch_step(), total, self.ema_momentum, self.ema_momentum_end)  # type: ignore[attr-defined]
 
