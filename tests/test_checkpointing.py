@@ -35,3 +35,72 @@ def test_the_cli_writes_checkpoints_atomically_by_default(tmp_path, monkeypatch)
     cfg = Path(__file__).parents[1] / "configs" / "tiny" / "simclr.yaml"
     cli = build_cli(["--config", str(cfg), "--trainer.logger=false"], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def _ckpt(path, hparams, completed_epochs, step=10):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": hparams, "global_step": step, "epoch": completed_epochs,
+                "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": completed_epochs}}}}}, path)
+    return path
+
+
+def test_find_resumable_checkpoint_picks_the_newest_unfinished_compatible_run(tmp_path):
+    import os
+
+    from hardcl_lightning.checkpointing import FINISHED, find_resumable_checkpoint
+
+    hp = {"lr": 0.1, "crop": (0.2, 1.0), "_instantiator": "ignored"}
+    old = _ckpt(tmp_path / "version_0/checkpoints/last.ckpt", hp, 1)
+    new = _ckpt(tmp_path / "version_1/checkpoints/last.ckpt", hp, 2)
+    other = _ckpt(tmp_path / "version_2/checkpoints/last.ckpt", {**hp, "lr": 0.2}, 1)  # another config
+    (tmp_path / "version_3/checkpoints").mkdir(parents=True)
+    (tmp_path / "version_3/checkpoints/last.ckpt").write_bytes(b"not a checkpoint")  # damaged: skipped
+    for i, p in enumerate([old, new, other, tmp_path / "version_3/checkpoints/last.ckpt"]):
+        os.utime(p, (1000 + i, 1000 + i))
+    path, ckpt = find_resumable_checkpoint([tmp_path], {"lr": 0.1, "crop": [0.2, 1.0]}, max_epochs=3)
+    assert path == new.resolve() and ckpt["epoch"] == 2
+    assert find_resumable_checkpoint([tmp_path], {"lr": 0.1, "crop": [0.2, 1.0]}, max_epochs=2)[0] == old.resolve()
+    (new.parent / (new.name + FINISHED)).touch()  # that run ended by itself
+    os.utime(new.parent / (new.name + FINISHED), (2000, 2000))
+    assert find_resumable_checkpoint([tmp_path], {"lr": 0.1, "crop": [0.2, 1.0]}, max_epochs=3)[0] == old.resolve()
+    assert find_resumable_checkpoint([tmp_path], {"lr": 0.3}, max_epochs=3) is None
+
+
+def test_resumed_loggers_keep_their_version_and_wandb_run_id(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    from hardcl_lightning.checkpointing import continue_loggers
+
+    path = tmp_path / "runs" / "x" / "version_4" / "checkpoints" / "last.ckpt"
+    wandb = WandbLogger(offline=True, save_dir=str(tmp_path))
+    tb, csv = TensorBoardLogger(str(tmp_path / "runs"), name="x"), CSVLogger(str(tmp_path / "runs"), name="x")
+    continue_loggers([wandb, tb, csv], path, {"wandb_run_id": "abc123"})
+    assert wandb.version == "abc123" and wandb._wandb_init["id"] == "abc123" and wandb._wandb_init["resume"] == "allow"
+    assert tb.version == 4 and csv.version == 4
+
+
+def test_checkpoints_carry_the_wandb_run_id_and_rng_states(tmp_path):
+    import lightning as L
+
+    from hardcl_lightning.checkpointing import ResumableState, restore_rng_states
+
+    class FakeWandb(L.pytorch.loggers.Logger):
+        name, version = "wandb", "run-77"
+
+        def log_metrics(self, *a, **k): ...
+
+        def log_hyperparams(self, *a, **k): ...
+
+    FakeWandb.__name__ = "WandbLogger"
+
+    class Holder(ResumableState):
+        _trainer = type("T", (), {"loggers": [FakeWandb()]})()
+
+    ckpt = {}
+    torch.manual_seed(5)
+    Holder().on_save_checkpoint(ckpt)
+    first = torch.rand(3)
+    restore_rng_states(ckpt["rng_states"])
+    assert torch.equal(torch.rand(3), first) and ckpt["wandb_run_id"] == "run-77"
+    torch.save(ckpt, tmp_path / "c.ckpt")
+    torch.load(tmp_path / "c.ckpt", weights_only=True)  # plain types only: safe loading still works
