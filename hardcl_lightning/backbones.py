@@ -138,13 +138,13 @@ class ViTBackbone(nn.Module):
         return enc.ln(enc.layers(tokens))[:, 0]
 
 
-_VIT_SIZES = {"vit_tiny": (12, 3, 192), "vit_small": (12, 6, 384)}
+VIT_SIZES = {"vit_tiny": (12, 3, 192), "vit_small": (12, 6, 384)}
 
 
 def _vit(arch: str) -> Callable[..., tuple[nn.Module, int]]:
     def build(image_size: int = 224, patch_size: int = 16, cifar_stem: bool = False, **kwargs) -> tuple[nn.Module, int]:
         _reject_unknown(arch, kwargs, ())
-        layers, heads, dim = _VIT_SIZES[arch]
+        layers, heads, dim = VIT_SIZES[arch]
         model = ViTBackbone(image_size, patch_size, layers, heads, dim)
         return model, dim
 

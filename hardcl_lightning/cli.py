@@ -79,6 +79,54 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
     )
 
 
+def build_eval_parser():
+    """``hardcl-eval knn`` (kNN sweep) and ``hardcl-eval export`` (backbone state dict)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    knn = ArgumentParser(description="weighted-kNN accuracy of a checkpoint's backbone over a (k, temperature) grid")
+    knn.add_argument("--config", action=ActionConfigFile, help="YAML with pretrained/data/k/temperature, e.g. configs/knn_sweep_cifar10.yaml")
+    knn.add_argument("--pretrained", type=str, required=True, help="the .ckpt of a `hardcl fit` pre-training run")
+    knn.add_subclass_arguments(SSLDataModule, "data", required=True, help="the labelled dataset: bank = train, queries = validation")
+    knn.add_argument("--k", type=list[int], default=[10, 20, 50, 100, 200])
+    knn.add_argument("--temperature", type=list[float], default=[0.02, 0.05, 0.07, 0.1, 0.2, 0.5])
+    knn.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:1, ...")
+    knn.add_argument("--output", type=str | None, default=None, help="also write the table as JSON here")
+    export = ArgumentParser(description="the backbone as a plain torchvision-style state dict (+ .json with its architecture)")
+    export.add_argument("--pretrained", type=str, required=True)
+    export.add_argument("--output", type=str, required=True, help="e.g. backbone.pth")
+    parser = ArgumentParser(prog="hardcl-eval", description="offline evaluation of pre-trained checkpoints "
+                            "(linear evaluation: hardcl fit --config configs/linear_eval_cifar10.yaml --model.pretrained X.ckpt)")
+    sub = parser.add_subcommands()
+    sub.add_subcommand("knn", knn)
+    sub.add_subcommand("export", export)
+    return parser
+
+
+def eval_main(args: list[str] | None = None) -> None:
+    """Entry point of ``hardcl-eval``."""
+    import json
+
+    from hardcl_lightning.evaluation import export_backbone, knn_sweep_checkpoint
+
+    parser = build_eval_parser()
+    cfg = parser.parse_args(args)
+    if cfg.subcommand == "export":
+        meta = export_backbone(cfg.export.pretrained, cfg.export.output)
+        print(f"wrote {cfg.export.output} ({meta['arch']}); it loads into {meta['loads_into']}")
+        return
+    c = cfg.knn
+    datamodule = parser.instantiate_classes(cfg).knn.data
+    rows = knn_sweep_checkpoint(c.pretrained, datamodule, c.k, c.temperature, c.device)
+    print(f"kNN sweep of {c.pretrained} ({type(datamodule).__name__}):")
+    print("| k | temperature | top-1 (%) |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['k']} | {r['temperature']} | {100 * r['acc']:.2f} |")
+    best = max(rows, key=lambda r: r["acc"])
+    print(f"best: k={best['k']} T={best['temperature']} -> {100 * best['acc']:.2f}%")
+    if c.output:
+        Path(c.output).write_text(json.dumps(rows, indent=2))
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``hardcl`` and ``python -m hardcl_lightning`` (returns nothing: a console
     script's return value becomes its exit status)."""

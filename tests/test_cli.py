@@ -7,7 +7,10 @@ import yaml
 
 from hardcl_lightning.cli import build_cli, main
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+ALL_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+# offline evaluation of a pre-trained checkpoint (tests/test_evaluation.py runs them)
+EVAL_CONFIGS = [p for p in ALL_CONFIGS if p.stem.startswith(("linear_eval", "knn_sweep"))]
+CONFIGS = [p for p in ALL_CONFIGS if p not in EVAL_CONFIGS]  # pre-training runs
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true"]
 
 

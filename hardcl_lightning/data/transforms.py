@@ -10,6 +10,8 @@ Recipes (``augmentation=``):
 - ``mocov2``: MoCo v2 "aug+": crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1), p=0.8, blur p=0.5.
 - ``byol`` / ``dino``: two asymmetric streams, A (blur always) and B (blur p=0.1, solarize
   p=0.2); view v uses stream A when v is even, B when odd. ``dino`` adds local crops.
+- ``linear``: the linear-evaluation protocol's training view: crop (0.08, 1) and flip only.
+- ``none``: the whole image, resized.
 Images enter as uint8 tensors [3, H, W] or PIL images.
 """
 
@@ -24,7 +26,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-AUGMENTATIONS = ("simclr", "mocov2", "byol", "dino", "none")
+AUGMENTATIONS = ("simclr", "mocov2", "byol", "dino", "linear", "none")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -147,6 +149,9 @@ def view_specs_for(
     if augmentation == "none":
         base = ViewSpec(image_size, crop_scale=crop_scale or (1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
                         jitter_prob=0.0, grayscale_prob=0.0)
+        streams = [base, base]
+    elif augmentation == "linear":
+        base = ViewSpec(image_size, crop_scale or (0.08, 1.0), jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
         streams = [base, base]
     elif augmentation == "simclr":
         base = ViewSpec(image_size, crop_scale or (0.08, 1.0), brightness=0.8 * s, contrast=0.8 * s,
