@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 
 from hardcl_lightning.cli import build_cli, eval_main
-from hardcl_lightning.evaluation import LinearEval, export_backbone, knn_sweep, load_pretrained_backbone
+from hardcl_lightning.evaluation import LinearEval, export_backbone, knn_sweep, linear_accuracy_on_features, load_pretrained_backbone
 from hardcl_lightning.methods import SimCLR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +100,16 @@ def test_knn_sweep_k1_is_the_nearest_neighbour_label():
 class ClassifierAtStart(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.at_start = pl_module.classifier[1].weight.detach().clone()
+
+
+def test_linear_accuracy_on_features_separates_blobs_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 4
+    y, vy = torch.randint(0, 4, (400,), generator=g), torch.randint(0, 4, (200,), generator=g)
+    x, vx = centres[y] + torch.randn(400, 16, generator=g), centres[vy] + torch.randn(200, 16, generator=g)
+    assert linear_accuracy_on_features(x, y, vx, vy, 4) == 1.0
+    shuffled = y[torch.randperm(400, generator=g)]  # labels unrelated to the features: chance on held-out data
+    assert linear_accuracy_on_features(x, shuffled, vx, vy, 4) < 0.45
 
 
 @pytest.fixture(scope="module")
