@@ -187,7 +187,7 @@ def run_child(method: str, epochs: int, fraction: float, root: Path) -> dict | N
 
 
 def table(rows: list[dict], ref: dict[str, dict]) -> list[str]:
-    lines = ["| method | config | kNN before (%) | kNN (%) | linear (%) | images/s | vs SimCLR | peak memory (MiB) | minutes |",
+    lines = ["| method | config | kNN before (%) | kNN (%) | linear (%) | images/s | images/s vs SimCLR | peak memory (MiB) | minutes |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = ref.get("simclr")
     for r in rows:
