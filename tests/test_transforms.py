@@ -16,8 +16,9 @@ def test_crop_boxes_are_the_crops_taken():
     assert boxes.shape == (5, 4)
     for v, (x0, y0, x1, y1) in zip(views, boxes.tolist()):
         assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 40
-        ref = TF.resized_crop(img, int(y0), int(x0), int(y1 - y0), int(x1 - x0), [16, 16], antialias=True)
-        assert torch.allclose(v, ref.float() / 255, atol=1e-6)
+        # views are cut from the PIL image (the pipeline's working format)
+        ref = TF.resized_crop(TF.to_pil_image(img), int(y0), int(x0), int(y1 - y0), int(x1 - x0), [16, 16], antialias=True)
+        assert torch.allclose(v, TF.pil_to_tensor(ref).float() / 255, atol=1e-6)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (40 * 50)
     assert ((areas > 0.09) & (areas < 0.91)).all()
 
