@@ -18,7 +18,6 @@ The protocol (what the README's results and the papers report):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,8 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hardcl_lightning.backbones import VIT_SIZES, build_backbone
 from hardcl_lightning.callbacks.features import extract_features
-from hardcl_lightning.callbacks.knn import weighted_knn_predict
-from hardcl_lightning.checkpointing import ResumableState
+from hardcl_lightning.checkpointing import ResumableState, atomic_write
 from hardcl_lightning.methods.base import sync_lambda_schedules
 from hardcl_lightning.optim import warmup_cosine
 
@@ -205,16 +203,34 @@ def knn_sweep(
     num_classes: int,
     ks: Sequence[int] = (10, 20, 50, 100, 200),
     temperatures: Sequence[float] = (0.02, 0.05, 0.07, 0.1, 0.2, 0.5),
+    chunk_size: int = 1024,
 ) -> list[dict[str, float]]:
-    """Weighted-kNN top-1 accuracy for every (k, temperature), on features extracted once."""
+    """Weighted-kNN top-1 accuracy for every (k, temperature), on features extracted once.
+
+    Same votes as ``weighted_knn_predict`` (each of the k most similar bank entries votes
+    exp(cos / T) for its class), but the similarities and the top-max(k) neighbours are computed
+    once per query chunk and shared by the whole grid.
+    """
     if not ks or not temperatures:
         raise ValueError(f"the sweep needs at least one k and one temperature, got ks={list(ks)}, temperatures={list(temperatures)}")
-    rows = []
-    for k in ks:
-        for t in temperatures:
-            preds = weighted_knn_predict(bank_feats, bank_labels, query_feats, num_classes, k=k, temperature=t)
-            rows.append({"k": int(k), "temperature": float(t), "acc": (preds == query_labels).float().mean().item()})
-    return rows
+    if min(ks) < 1 or min(temperatures) <= 0:
+        raise ValueError(f"the sweep needs every k >= 1 and every temperature > 0, got ks={list(ks)}, temperatures={list(temperatures)}")
+    bank = F.normalize(bank_feats.float(), dim=1)
+    max_k = min(max(ks), bank.shape[0])
+    correct = torch.zeros(len(ks), len(temperatures))
+    for start in range(0, query_feats.shape[0], chunk_size):
+        q = F.normalize(query_feats[start : start + chunk_size].float(), dim=1)
+        sim, idx = (q @ bank.T).topk(max_k, dim=1)  # sorted: the first k are the k nearest
+        votes_for, truth = bank_labels[idx], query_labels[start : start + chunk_size]
+        for i, k in enumerate(ks):
+            k = min(k, max_k)
+            for j, t in enumerate(temperatures):
+                votes = torch.zeros(q.shape[0], num_classes, device=q.device)
+                votes.scatter_add_(1, votes_for[:, :k], (sim[:, :k] / t).exp())
+                correct[i, j] += (votes.argmax(1) == truth).sum().item()
+    n = query_feats.shape[0]
+    return [{"k": int(k), "temperature": float(t), "acc": correct[i, j].item() / n}
+            for i, k in enumerate(ks) for j, t in enumerate(temperatures)]
 
 
 def linear_accuracy_on_features(
@@ -293,14 +309,6 @@ def export_backbone(pretrained: str | Path, output: str | Path) -> dict[str, Any
     else:
         meta.update(backbone_kwargs=hp.get("backbone_kwargs") or {}, cifar_stem=bool(hp.get("cifar_stem", False)),
                     loads_into="hardcl_lightning.backbones.build_backbone(arch, cifar_stem, **backbone_kwargs)[0]")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((output, lambda f: torch.save(state, f)),
-                          (Path(f"{output}.json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))):
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+    atomic_write(output, lambda f: torch.save(state, f))
+    atomic_write(f"{output}.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return meta

@@ -93,8 +93,21 @@ def test_knn_sweep_k1_is_the_nearest_neighbour_label():
         sims = [F.cosine_similarity(q, b, dim=0) for b in bank]
         correct += int(bank_y[int(torch.stack(sims).argmax())] == y)
     assert rows[0]["acc"] == pytest.approx(correct / 25) and rows[1]["acc"] == pytest.approx(correct / 25)
+    # naive weighted vote for k=5: the 5 largest cosines each add exp(cos / T) to their class
+    for t, row in zip([0.1, 0.5], rows[2:]):
+        hits = 0
+        for q, y in zip(query, query_y):
+            sims = torch.stack([F.cosine_similarity(q, b, dim=0) for b in bank])
+            order = sims.argsort(descending=True)[:5]
+            score = [sum(float(torch.exp(sims[i] / t)) for i in order if int(bank_y[i]) == c) for c in range(4)]
+            hits += int(max(range(4), key=lambda c: score[c]) == int(y))
+        assert row["acc"] == pytest.approx(hits / 25)
+    small_chunks = knn_sweep(bank, bank_y, query, query_y, 4, ks=[1, 5], temperatures=[0.1, 0.5], chunk_size=7)
+    assert [r["acc"] for r in small_chunks] == [r["acc"] for r in rows]  # chunking changes nothing
     with pytest.raises(ValueError, match="at least one k"):
         knn_sweep(bank, bank_y, query, query_y, 4, ks=[], temperatures=[0.1])
+    with pytest.raises(ValueError, match=r"temperatures=\[0.0\]"):
+        knn_sweep(bank, bank_y, query, query_y, 4, ks=[1], temperatures=[0.0])
 
 
 class ClassifierAtStart(L.Callback):
