@@ -7,7 +7,9 @@ from hardcl_lightning.data import (
     ShapesDataModule,
     class_balanced_subset,
     make_shapes,
+    make_shapes_with_factors,
 )
+from hardcl_lightning.data.procedural import PALETTE
 
 
 def test_shapes_are_deterministic_balanced_and_varied():
@@ -20,6 +22,58 @@ def test_shapes_are_deterministic_balanced_and_varied():
     # intra-class variation: images of one class are not copies of each other
     cls0 = a[ya == 0].float()
     assert (cls0 - cls0.mean(0)).abs().mean() > 20
+
+
+def test_shape_factors_describe_the_pixels():
+    """The reported factors agree with the images: the masked pixels have the foreground colour,
+    the mask's centroid lies in the reported quadrant, big shapes cover more pixels than small
+    ones of the same class; and they are the images ``make_shapes`` makes."""
+    images, labels, f = make_shapes_with_factors(600, 32, seed=5)
+    ref_images, ref_labels = make_shapes(600, 32, seed=5)
+    assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+    mask, img = f["mask"], images.float() / 255
+    # median colour of each image's shape pixels vs the palette entry the factor names
+    fg_pixels = [img[i][:, mask[i]].median(dim=1).values for i in range(len(img))]
+    for i, colour in enumerate(fg_pixels):
+        idx = int(f["foreground_colour"][i])
+        if idx < len(PALETTE):  # noise is 0.05 per channel on the colour, 0.06 per pixel
+            assert (colour - PALETTE[idx]).abs().max() < 0.2, (i, colour, PALETTE[idx])
+    assert (f["foreground_colour"] == len(PALETTE)).float().mean() < 0.3  # complements are the exception
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    area = mask.flatten(1).sum(1).float()
+    cy = (mask * ys).flatten(1).sum(1) / area
+    cx = (mask * xs).flatten(1).sum(1) / area
+    quadrant = 2 * (cy > 15.5).long() + (cx > 15.5).long()
+    # point-symmetric shapes (not the triangle or the crescent) have their centroid at the centre
+    symmetric = (labels != 2) & (labels != 8)
+    clear = symmetric & ((cy - 15.5).abs() > 1) & ((cx - 15.5).abs() > 1)  # not on a dividing line
+    assert clear.sum() > 200
+    assert torch.equal(quadrant[clear], f["position"][clear])
+    for c in range(10):
+        big, small = area[(labels == c) & (f["size"] == 1)], area[(labels == c) & (f["size"] == 0)]
+        assert big.mean() > 1.2 * small.mean()
+    # factors are drawn independently of the class: every class sees most colours and positions
+    for c in range(10):
+        assert f["foreground_colour"][labels == c].unique().numel() >= 7
+        assert f["position"][labels == c].unique().numel() == 4
+
+
+def test_datamodule_factors_follow_the_bank_order():
+    dm = ShapesDataModule(num_train=100, num_val=30, batch_size=8, num_workers=0, image_size=16, train_fraction=0.5)
+    full_images, full_labels, full = make_shapes_with_factors(100, 16, seed=0)
+    f = dm.factors("train")
+    bank = [b for b in dm.bank_dataloader()]
+    bank_labels = torch.cat([b["label"] for b in bank])
+    assert f["size"].shape == bank_labels.shape == (50,)
+    # each bank image is found in the full set at the index whose factors are reported
+    idx = torch.as_tensor(dm._train.indices)
+    bank_images = torch.cat([b["image"] for b in bank]) * 0.25 + 0.5  # undo Shapes10's normalisation
+    assert torch.allclose(bank_images, full_images[idx].float() / 255, atol=1e-5)
+    assert torch.equal(full_labels[idx], bank_labels)
+    assert all(torch.equal(full[k][idx], f[k]) for k in ("foreground_colour", "position", "size"))
+    assert dm.factors("val")["position"].shape == (30,)
+    with pytest.raises(ValueError, match="split must be 'train' or 'val', got 'test'"):
+        dm.factors("test")
 
 
 def test_training_and_validation_batch_layout():

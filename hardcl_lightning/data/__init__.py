@@ -9,10 +9,11 @@ from hardcl_lightning.data.datamodules import (
     STL10DataModule,
     class_balanced_subset,
 )
-from hardcl_lightning.data.procedural import ShapesDataset, make_shapes
+from hardcl_lightning.data.procedural import FACTORS, ShapesDataset, make_shapes, make_shapes_with_factors
 from hardcl_lightning.data.transforms import MultiViewTransform, ViewSpec, view_specs_for
 
 __all__ = [
+    "FACTORS",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ImageFolderDataModule",
@@ -24,5 +25,6 @@ __all__ = [
     "ViewSpec",
     "class_balanced_subset",
     "make_shapes",
+    "make_shapes_with_factors",
     "view_specs_for",
 ]

@@ -241,6 +241,16 @@ class ShapesDataModule(SSLDataModule):
     def val_base(self) -> Dataset:
         return ShapesDataset(self.num_val, self.image_size, seed=self.data_seed + 1_000_003)
 
+    def factors(self, split: str) -> dict[str, torch.Tensor]:
+        """Nuisance factors (``procedural.FACTORS``) of the ``"train"`` (bank order) or ``"val"`` images."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.setup()
+        ds = self._train if split == "train" else self._val
+        if isinstance(ds, Subset):  # train_fraction < 1
+            return {k: v[torch.as_tensor(ds.indices)] for k, v in ds.dataset.factors.items()}
+        return ds.factors
+
     @property
     def num_classes(self) -> int:
         return 10

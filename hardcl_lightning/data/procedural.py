@@ -66,6 +66,27 @@ def _shape_mask(label: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.
 
 def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``num_images`` uint8 images [N, 3, S, S] and int64 labels [N] (balanced classes)."""
+    images, labels, _ = make_shapes_with_factors(num_images, image_size, seed, chunk)
+    return images, labels
+
+
+#: the nuisance factors ``make_shapes_with_factors`` reports, each an int64 label per image
+FACTORS = ("foreground_colour", "background_colour", "position", "size")
+
+
+def make_shapes_with_factors(
+    num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``make_shapes`` (the same images and labels for the same seed) plus what else varies.
+
+    The factors say what a representation encodes besides the class, e.g. whether a
+    self-supervised backbone learned shape or only colour (``benchmarks/short_runs.py``):
+    ``foreground_colour`` (palette index, ``len(PALETTE)`` where the foreground took the
+    background's complement), ``background_colour`` (palette index of the gradient's first
+    colour), ``position`` (quadrant of the shape's centre: 2 * (below centre) + (right of centre)),
+    ``size`` (1 when the shape's scale is above the middle of its range), and ``mask`` (bool
+    [N, S, S], the shape's pixels).
+    """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if image_size < 8:
@@ -74,6 +95,8 @@ def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, chunk: int
     labels = torch.arange(num_images) % len(CLASSES)
     labels = labels[torch.randperm(num_images, generator=g)]
     images = torch.empty(num_images, 3, image_size, image_size, dtype=torch.uint8)
+    factors = {name: torch.empty(num_images, dtype=torch.int64) for name in FACTORS}
+    factors["mask"] = torch.empty(num_images, image_size, image_size, dtype=torch.bool)
     lin = torch.linspace(-1, 1, image_size)
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
     for start in range(0, num_images, chunk):
@@ -93,12 +116,14 @@ def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, chunk: int
         # Colours come from a small palette (plus a little jitter), drawn independently of the
         # class: colour then separates neither classes nor instances, so instance discrimination
         # has to use shape. Continuous random colours let SSL solve its task by colour alone.
-        pick = lambda: PALETTE[torch.randint(len(PALETTE), (n,), generator=g)].view(n, 3, 1, 1)  # noqa: E731
-        bg_a, bg_b = pick(), pick()
+        pick = lambda: torch.randint(len(PALETTE), (n,), generator=g)  # noqa: E731
+        bg_a_idx, bg_b_idx = pick(), pick()
+        bg_a, bg_b = PALETTE[bg_a_idx].view(n, 3, 1, 1), PALETTE[bg_b_idx].view(n, 3, 1, 1)
         phi = rnd(n, 1, 1, 1) * 2 * math.pi
         ramp = ((xx * torch.cos(phi) + yy * torch.sin(phi)) + 1.5) / 3.0  # [n, 1, H, W] in [0, 1]
         background = bg_a + (bg_b - bg_a) * ramp
-        fg = pick()
+        fg_idx = pick()
+        fg = PALETTE[fg_idx].view(n, 3, 1, 1)
         # keep the shape visible: a foreground too close to the background takes its complement
         bg_mean = 0.5 * (bg_a + bg_b)
         too_close = (fg - bg_mean).abs().amax(dim=1, keepdim=True) < 0.3
@@ -107,14 +132,22 @@ def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, chunk: int
         noise = 0.06 * torch.randn(n, 3, image_size, image_size, generator=g)
         img = background * (1 - mask) + fg * mask + noise
         images[start : start + n] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images, labels
+        sl = slice(start, start + n)
+        factors["foreground_colour"][sl] = torch.where(too_close.flatten(), len(PALETTE), fg_idx)
+        factors["background_colour"][sl] = bg_a_idx
+        factors["position"][sl] = 2 * (cy.flatten() > 0).long() + (cx.flatten() > 0).long()
+        factors["size"][sl] = (scale.flatten() > 0.675).long()
+        factors["mask"][sl] = mask[:, 0].bool()
+    return images, labels, factors
 
 
 class ShapesDataset(torch.utils.data.Dataset):
     """Map-style view of ``make_shapes``; items are ``(uint8 image [3, S, S], label)``."""
 
     def __init__(self, num_images: int, image_size: int = 32, seed: int = 0) -> None:
-        self.images, self.labels = make_shapes(num_images, image_size, seed)
+        self.images, self.labels, factors = make_shapes_with_factors(num_images, image_size, seed)
+        #: nuisance factors per image (``FACTORS``), to probe what features encode besides the class
+        self.factors = {name: factors[name] for name in FACTORS}
         self.targets = self.labels.tolist()
         self.classes = list(CLASSES)
 
