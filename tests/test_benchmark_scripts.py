@@ -1,5 +1,6 @@
 """The benchmark scripts still run (tiny settings): they are how the README's figures are made."""
 
+import os
 import re
 import subprocess
 import sys
@@ -28,3 +29,28 @@ def test_short_runs_rejects_a_malformed_override():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "short_runs.py"), "--set", "lr0.1"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 2 and "--set takes KEY=VALUE pairs, got 'lr0.1'" in out.stderr
+
+
+def test_lightly_short_runs_compares_side_by_side_or_skips():
+    import importlib.util
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lightly_short_runs.py"), "--epochs", "1", "--num-train", "300"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if importlib.util.find_spec("lightly") is None:
+        assert "[skip] lightly is not installed" in out.stdout
+        return
+    ours = re.search(r"^\| hardcl_lightning \| ([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
+    theirs = re.search(r"^\| lightly parts \| ([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
+    assert ours and theirs, out.stdout[-2000:]
+    # same seed, same backbone builder: both start from the same random network
+    assert ours.group(1) == theirs.group(1)
+
+
+def test_lightly_short_runs_skips_cleanly_without_lightly(tmp_path):
+    (tmp_path / "lightly").mkdir()
+    (tmp_path / "lightly" / "__init__.py").write_text("raise ImportError('lightly hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lightly_short_runs.py")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert out.returncode == 0 and "[skip] lightly is not installed" in out.stdout, out.stderr[-2000:]
