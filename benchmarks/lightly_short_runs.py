@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -28,6 +29,7 @@ from common import machine  # noqa: E402
 from short_runs import run as run_ours  # noqa: E402
 
 from hardcl_lightning.backbones import build_backbone  # noqa: E402
+from hardcl_lightning.callbacks.features import extract_features  # noqa: E402
 from hardcl_lightning.callbacks.knn import weighted_knn_predict  # noqa: E402
 from hardcl_lightning.data import ShapesDataModule  # noqa: E402
 
@@ -38,12 +40,10 @@ OURS_SET = ["model.init_args.optimizer=sgd", f"model.init_args.lr={LR}", f"model
 
 @torch.no_grad()
 def knn_accuracy(backbone: torch.nn.Module, dm: ShapesDataModule) -> float:
-    backbone.eval()
-    bank = [(backbone(b["image"]), b["label"]) for b in dm.bank_dataloader()]
-    val = [(backbone(b["image"]), b["label"]) for b in dm.val_dataloader()]
-    backbone.train()
-    fb, yb = torch.cat([f for f, _ in bank]), torch.cat([y for _, y in bank])
-    fq, yq = torch.cat([f for f, _ in val]), torch.cat([y for _, y in val])
+    """OnlineKNN's evaluation of a bare backbone (``extract_features`` wants a module with ``.backbone``)."""
+    holder = SimpleNamespace(backbone=backbone, device=torch.device("cpu"), feature_dim=None)
+    fb, yb = extract_features(holder, dm.bank_dataloader(), gather=False)
+    fq, yq = extract_features(holder, dm.val_dataloader(), gather=False)
     return (weighted_knn_predict(fb, yb, fq, dm.num_classes, 200, 0.07) == yq).float().mean().item()
 
 

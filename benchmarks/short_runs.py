@@ -92,7 +92,7 @@ def run(method: str, epochs: int, num_train: int, overrides: list[str]) -> dict:
     iou = ""
     if "hard/hvs_iou_selected_epoch" in m:  # last epoch's mean crop IoU: selected pair vs a random candidate pair
         iou = f"{float(m['hard/hvs_iou_selected_epoch']):.3f} vs {float(m['hard/hvs_iou_random_epoch']):.3f}"
-    loss = float(m["train/loss_epoch"]) if "train/loss_epoch" in m else float(cli.trainer.callback_metrics.get("train/loss", torch.nan))
+    loss = float(cli.trainer.callback_metrics.get("train/loss", torch.nan))  # the last step's
     return {"init": history[0], "last": history[max(history)], "best": knn.best_acc, "seconds": seconds, "iou": iou,
             "loss": loss, "before": probe.before, "after": probe.after}
 
