@@ -58,6 +58,37 @@ def test_shape_factors_describe_the_pixels():
         assert f["position"][labels == c].unique().numel() == 4
 
 
+def test_grayscale_shapes_are_the_same_scenes_in_luminance_with_visible_shapes():
+    """``grayscale=True`` keeps every scene (labels, masks, positions, sizes) of the colour images,
+    has three equal channels, stays within noise of the colour image's luminance where the shape
+    was visible enough, and gives every shape at least ``MIN_LUMA_CONTRAST`` (less noise) against
+    its background."""
+    colour, labels, fc = make_shapes_with_factors(500, 32, seed=7)
+    gray, glabels, fg = make_shapes_with_factors(500, 32, seed=7, grayscale=True)
+    assert torch.equal(labels, glabels)
+    assert all(torch.equal(fc[k], fg[k]) for k in ("mask", "position", "size", "background_colour"))
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 0], gray[:, 2])
+    g, c = gray[:, 0].float() / 255, colour.float() / 255
+    luma = 0.299 * c[:, 0] + 0.587 * c[:, 1] + 0.114 * c[:, 2]  # BT.601, written out independently
+    mask = fg["mask"]
+    # the background is the colour background's luminance (noise differs: one channel vs three)
+    bg_err = ((g - luma) * ~mask).abs().sum((1, 2)) / (~mask).sum((1, 2))
+    assert bg_err.max() < 0.1, bg_err.max()
+    shape_l = (g * mask).sum((1, 2)) / mask.sum((1, 2))
+    back_l = (g * ~mask).sum((1, 2)) / (~mask).sum((1, 2))
+    assert ((shape_l - back_l).abs() > 0.2).all()  # 0.3 apart before noise, ramp and clamping
+    # where the foreground was kept, the shape has the colour shape's luminance
+    kept = fg["foreground_colour"] < len(PALETTE)
+    assert kept.sum() > 50
+    colour_shape_l = (luma * mask).sum((1, 2)) / mask.sum((1, 2))
+    assert (shape_l[kept] - colour_shape_l[kept]).abs().max() < 0.1
+    # the colour images are not changed by the option's existence
+    assert torch.equal(colour, make_shapes(500, 32, seed=7)[0])
+    dm = ShapesDataModule(num_train=20, num_val=10, batch_size=4, num_workers=0, image_size=16, grayscale=True)
+    image = next(iter(dm.val_dataloader()))["image"]
+    assert torch.equal(image[:, 0], image[:, 1]) and torch.equal(image[:, 1], image[:, 2])
+
+
 def test_datamodule_factors_follow_the_bank_order():
     dm = ShapesDataModule(num_train=100, num_val=30, batch_size=8, num_workers=0, image_size=16, train_fraction=0.5)
     full_images, full_labels, full = make_shapes_with_factors(100, 16, seed=0)

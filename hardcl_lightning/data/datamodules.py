@@ -224,22 +224,29 @@ def _targets(ds: Dataset) -> list[int]:
 
 
 class ShapesDataModule(SSLDataModule):
-    """The embedded procedural dataset (Shapes10): no download, deterministic, 10 classes."""
+    """The embedded procedural dataset (Shapes10): no download, deterministic, 10 classes.
+
+    ``grayscale``: the same scenes in luminance only; the tiny SimSiam/BYOL/DINO configs use it
+    because on the colour images negative-free methods learn the palette, not the shapes
+    (``procedural`` module docstring).
+    """
 
     mean = (0.5, 0.5, 0.5)
     std = (0.25, 0.25, 0.25)
 
-    def __init__(self, num_train: int = 10000, num_val: int = 2000, data_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, num_train: int = 10000, num_val: int = 2000, data_seed: int = 0, grayscale: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if num_train < 10 or num_val < 10:
             raise ValueError(f"num_train and num_val must be >= 10, got {num_train} and {num_val}")
-        self.num_train, self.num_val, self.data_seed = num_train, num_val, data_seed
+        self.num_train, self.num_val, self.data_seed, self.grayscale = num_train, num_val, data_seed, grayscale
 
     def train_base(self) -> Dataset:
-        return ShapesDataset(self.num_train, self.image_size, seed=self.data_seed)
+        return ShapesDataset(self.num_train, self.image_size, seed=self.data_seed, grayscale=self.grayscale)
 
     def val_base(self) -> Dataset:
-        return ShapesDataset(self.num_val, self.image_size, seed=self.data_seed + 1_000_003)
+        return ShapesDataset(self.num_val, self.image_size, seed=self.data_seed + 1_000_003, grayscale=self.grayscale)
 
     def factors(self, split: str) -> dict[str, torch.Tensor]:
         """Nuisance factors (``procedural.FACTORS``) of the ``"train"`` (bank order) or ``"val"`` images."""

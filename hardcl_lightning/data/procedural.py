@@ -6,6 +6,12 @@ colours, gradient direction and noise. Colour says nothing about the class, so a
 to learn shape to classify it; random-init features mostly encode colour, which is what makes
 kNN accuracy rise visibly with SSL training. Generation is vectorised and deterministic given
 the seed: 10k 32 px images take about a second.
+
+``grayscale=True`` renders the same scenes (same shapes, positions, sizes and labels) in
+luminance only, with a minimum shape/background contrast. Negative-free methods (SimSiam, BYOL,
+DINO) need it on short runs: on the colour images their features settle on the palette colours,
+which stay informative under colour jitter, and barely learn shape for tens of epochs; without
+colour they learn shape as they do on natural images (``benchmarks/short_runs.py``, README).
 """
 
 from __future__ import annotations
@@ -64,9 +70,17 @@ def _shape_mask(label: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.
     return masks[torch.arange(label.shape[0]), label]
 
 
-def make_shapes(num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+#: ITU-R BT.601 luma weights (torchvision's ``rgb_to_grayscale``), for ``grayscale=True``
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+#: grayscale images keep at least this luminance gap between shape and mean background colour
+MIN_LUMA_CONTRAST = 0.3
+
+
+def make_shapes(
+    num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 2048, grayscale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``num_images`` uint8 images [N, 3, S, S] and int64 labels [N] (balanced classes)."""
-    images, labels, _ = make_shapes_with_factors(num_images, image_size, seed, chunk)
+    images, labels, _ = make_shapes_with_factors(num_images, image_size, seed, chunk, grayscale)
     return images, labels
 
 
@@ -75,7 +89,7 @@ FACTORS = ("foreground_colour", "background_colour", "position", "size")
 
 
 def make_shapes_with_factors(
-    num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 2048
+    num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 2048, grayscale: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """``make_shapes`` (the same images and labels for the same seed) plus what else varies.
 
@@ -86,6 +100,11 @@ def make_shapes_with_factors(
     colour), ``position`` (quadrant of the shape's centre: 2 * (below centre) + (right of centre)),
     ``size`` (1 when the shape's scale is above the middle of its range), and ``mask`` (bool
     [N, S, S], the shape's pixels).
+
+    ``grayscale``: the same scenes (every random draw is the same) in luminance, all three channels
+    equal; a shape within ``MIN_LUMA_CONTRAST`` of its background's mean luminance is drawn that
+    far lighter (dark backgrounds) or darker (light ones), and its ``foreground_colour`` is then
+    ``len(PALETTE)``, as for a complemented colour.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -130,7 +149,15 @@ def make_shapes_with_factors(
         fg = torch.where(too_close, 1.0 - bg_mean, fg)
         fg = (fg + 0.05 * torch.randn(n, 3, 1, 1, generator=g)).clamp(0, 1)
         noise = 0.06 * torch.randn(n, 3, image_size, image_size, generator=g)
-        img = background * (1 - mask) + fg * mask + noise
+        if grayscale:
+            w = LUMA.view(1, 3, 1, 1)
+            background, bg_l, fg_l = ((t * w).sum(1, keepdim=True) for t in (background, bg_mean, fg))
+            dim = (fg_l - bg_l).abs() < MIN_LUMA_CONTRAST
+            lift = torch.where(bg_l < 0.5, MIN_LUMA_CONTRAST, -MIN_LUMA_CONTRAST)
+            fg = torch.where(dim, bg_l + lift, fg_l)
+            too_close = too_close | dim
+            noise = noise[:, :1]
+        img = background * (1 - mask) + fg * mask + noise  # [n, 1 or 3, H, W]
         images[start : start + n] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
         sl = slice(start, start + n)
         factors["foreground_colour"][sl] = torch.where(too_close.flatten(), len(PALETTE), fg_idx)
@@ -144,8 +171,8 @@ def make_shapes_with_factors(
 class ShapesDataset(torch.utils.data.Dataset):
     """Map-style view of ``make_shapes``; items are ``(uint8 image [3, S, S], label)``."""
 
-    def __init__(self, num_images: int, image_size: int = 32, seed: int = 0) -> None:
-        self.images, self.labels, factors = make_shapes_with_factors(num_images, image_size, seed)
+    def __init__(self, num_images: int, image_size: int = 32, seed: int = 0, grayscale: bool = False) -> None:
+        self.images, self.labels, factors = make_shapes_with_factors(num_images, image_size, seed, grayscale=grayscale)
         #: nuisance factors per image (``FACTORS``), to probe what features encode besides the class
         self.factors = {name: factors[name] for name in FACTORS}
         self.targets = self.labels.tolist()
