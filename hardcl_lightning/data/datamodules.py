@@ -226,9 +226,8 @@ def _targets(ds: Dataset) -> list[int]:
 class ShapesDataModule(SSLDataModule):
     """The embedded procedural dataset (Shapes10): no download, deterministic, 10 classes.
 
-    ``grayscale``: the same scenes in luminance only; the tiny SimSiam/BYOL/DINO configs use it
-    because on the colour images negative-free methods learn the palette, not the shapes
-    (``procedural`` module docstring).
+    ``grayscale``: the same scenes in luminance only. On the colour images negative-free methods
+    (SimSiam, BYOL, DINO) learn the palette, not the shapes (``procedural`` module docstring).
     """
 
     mean = (0.5, 0.5, 0.5)

@@ -11,7 +11,8 @@ the seed: 10k 32 px images take about a second.
 luminance only, with a minimum shape/background contrast. Negative-free methods (SimSiam, BYOL,
 DINO) need it on short runs: on the colour images their features settle on the palette colours,
 which stay informative under colour jitter, and barely learn shape for tens of epochs; without
-colour they learn shape as they do on natural images (``benchmarks/short_runs.py``, README).
+colour they learn shape as they do on natural images
+(``benchmarks/short_runs.py --set data.init_args.grayscale=true``).
 """
 
 from __future__ import annotations
