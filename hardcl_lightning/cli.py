@@ -37,6 +37,12 @@ class HardCLCLI(LightningCLI):
         """Signal checkpoints for every fit; the automatic resume of an unfinished run."""
         if not any(isinstance(cb, SignalCheckpoint) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(SignalCheckpoint())
+        if self.trainer.fast_dev_run:
+            # Lightning says fast_dev_run suppresses checkpointing, yet ModelCheckpoint(save_last=True)
+            # still writes last.ckpt when training ends (Lightning 2.6): a smoke test must not leave a
+            # full-size checkpoint (ResNet-18 with its EMA copy: ~200 MB, ViT-S: ~550 MB) in the run directory
+            for cb in self.trainer.checkpoint_callbacks:
+                cb.save_last = None
         cfg = self.config_init["fit"]
         if cfg.get("ckpt_path") is not None or cfg.get("resume", "auto") == "never":
             return

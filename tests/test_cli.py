@@ -93,6 +93,8 @@ def _imagefolder_args(root: Path, config: Path) -> list[str]:
 def test_fast_dev_run_on_an_image_folder(config, image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), *CPU, "--trainer.fast_dev_run=true", *_imagefolder_args(image_folder, config)])
+    # fast_dev_run is a smoke test: no checkpoint, even from a config's ModelCheckpoint(save_last=True)
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_config_typo_names_the_key(capsys):
