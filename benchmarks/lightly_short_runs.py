@@ -1,5 +1,5 @@
-"""Is the slow start of SimSiam on short CPU runs ours, or the setting? Ours vs a SimSiam
-assembled from lightly's parts, side by side on the same Shapes10 views, backbone and recipe.
+"""Our SimSiam vs one assembled from lightly's parts, side by side on the same Shapes10 views
+(grayscale, as ``configs/tiny/simsiam.yaml``), backbone and recipe.
 
     python benchmarks/lightly_short_runs.py                 # 6 epochs, 10k images
     python benchmarks/lightly_short_runs.py --epochs 2 --num-train 2000
@@ -53,7 +53,7 @@ def run_lightly(epochs: int, num_train: int) -> dict:
 
     torch.manual_seed(0)
     # the data options of configs/tiny/simsiam.yaml
-    dm = ShapesDataModule(num_train=num_train, num_val=2000, batch_size=128, num_workers=2, image_size=32,
+    dm = ShapesDataModule(num_train=num_train, num_val=2000, batch_size=128, num_workers=2, image_size=32, grayscale=True,
                           augmentation="simclr", crop_scale=(0.4, 1.0), color_jitter_strength=0.5, blur_prob=0.0)
     dm.setup()
     backbone, dim = build_backbone("resnet_tiny", cifar_stem=True)

@@ -82,7 +82,7 @@ def test_grayscale_shapes_are_the_same_scenes_in_luminance_with_visible_shapes()
     assert kept.sum() > 50
     colour_shape_l = (luma * mask).sum((1, 2)) / mask.sum((1, 2))
     assert (shape_l[kept] - colour_shape_l[kept]).abs().max() < 0.1
-    # the colour images are not changed by the option's existence
+    # make_shapes returns the same colour images as make_shapes_with_factors
     assert torch.equal(colour, make_shapes(500, 32, seed=7)[0])
     dm = ShapesDataModule(num_train=20, num_val=10, batch_size=4, num_workers=0, image_size=16, grayscale=True)
     image = next(iter(dm.val_dataloader()))["image"]

@@ -226,8 +226,9 @@ def _targets(ds: Dataset) -> list[int]:
 class ShapesDataModule(SSLDataModule):
     """The embedded procedural dataset (Shapes10): no download, deterministic, 10 classes.
 
-    ``grayscale``: the same scenes in luminance only. On the colour images negative-free methods
-    (SimSiam, BYOL, DINO) learn the palette, not the shapes (``procedural`` module docstring).
+    ``grayscale``: the same scenes in luminance only (what the quickstart and tiny configs use). On
+    the colour images the views of an image share its palette colours, a shortcut that keeps
+    negative-free methods (SimSiam, BYOL, DINO) from learning shape (``procedural`` module docstring).
     """
 
     mean = (0.5, 0.5, 0.5)
