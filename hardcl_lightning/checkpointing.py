@@ -3,7 +3,7 @@
 ``AtomicCheckpointIO`` writes each checkpoint to a temporary file in the target directory,
 flushes it to disk and renames it over the target (``os.replace`` is atomic on POSIX). A job
 killed mid-write (time limit, pre-emption, SIGKILL) leaves the previous checkpoint intact, so
-``last.ckpt`` always loads. The ``hardcl`` CLI installs it by default; remote paths (``s3://``...)
+``last.ckpt`` always loads. The ``hardcl`` CLI installs it in every trainer it builds; remote paths (``s3://``...)
 fall back to Lightning's own writer.
 
 ``ResumableState`` adds RNG states and the wandb run id to checkpoints; ``SignalCheckpoint``
@@ -44,6 +44,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def install_atomic_checkpoint_io(trainer: L.Trainer) -> None:
+    """Make ``trainer`` write checkpoints with ``AtomicCheckpointIO``, unless a config chose its own
+    checkpoint IO (anything but Lightning's plain ``TorchCheckpointIO`` is left alone)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -150,12 +157,49 @@ def continue_loggers(loggers: list[Any], ckpt_path: Path, ckpt: dict[str, Any]) 
             logger._version = int(version.split("_", 1)[1]) if version.split("_", 1)[1].isdigit() else version
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+def ignore_stop_signals_in_worker(worker_id: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: the job's stop signals are the main process's to handle.
+
+    Schedulers, ``timeout`` and SLURM's ``--signal`` signal the whole process group. A DataLoader
+    worker that dies of that SIGTERM makes the main process fail ("DataLoader worker ... is killed
+    by signal") before ``SignalCheckpoint`` can write ``last.ckpt``. Here a worker blocks SIGTERM,
+    SIGUSR1 and SIGINT and a daemon thread takes them with ``sigwaitinfo``: a SIGTERM from the
+    main process itself (how it ends its workers) still ends the worker at once, as PyTorch's own
+    worker handler does; the job's signals are dropped, and the main process checkpoints at the
+    next batch boundary, then shuts its workers down. Where ``sigwaitinfo`` is missing (not
+    Linux), SIGUSR1 and SIGINT are ignored and SIGTERM keeps its default.
+    """
+    import signal
+    import threading
+
+    signals = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+    if not hasattr(signal, "sigwaitinfo"):
+        for s in signals - {signal.SIGTERM}:
+            signal.signal(s, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started from here on inherit the mask
+
+    def take_signals() -> None:
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take_signals, name="hardcl-stop-signals", daemon=True).start()
+
+
 class SignalCheckpoint(L.Callback):
     """Checkpoint and stop at the next batch boundary on SIGUSR1 or SIGTERM (pre-emption, the
     scheduler's warning before a time limit, ``kill``): the run then resumes from ``last.ckpt``
-    with nothing lost. Under SLURM with auto-requeue, Lightning's own SIGUSR1 handler (an HPC
-    checkpoint and a requeue) is left in charge of SIGUSR1. Under DDP the ranks agree (any rank
-    signalled -> all save), so the collective save cannot hang.
+    with nothing lost. Under SLURM with auto-requeue (``configs/trainer/slurm.yaml``) the requeue
+    signal also requeues the job (``scontrol requeue``) once ``last.ckpt`` is written, in place of
+    Lightning's own handler, which would save an ``hpc_ckpt`` mid-step instead. Under DDP the ranks
+    agree (any rank signalled -> all save), so the collective save cannot hang. The datamodules'
+    workers leave these signals to the main process (``ignore_stop_signals_in_worker``).
 
     The ``hardcl`` CLI adds it to every fit.
     """
@@ -163,12 +207,13 @@ class SignalCheckpoint(L.Callback):
     def __init__(self) -> None:
         self.received: int | None = None
         self.saved_path: Path | None = None
+        self.requeue_signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum
         previous = self._previous.get(signum)
-        if callable(previous):
+        if callable(previous) and signum != self.requeue_signal:  # never Lightning's mid-step hpc save
             previous(signum, frame)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -179,7 +224,10 @@ class SignalCheckpoint(L.Callback):
             return
         signals = [signal.SIGTERM]
         env = trainer._accelerator_connector.cluster_environment
-        if hasattr(signal, "SIGUSR1") and not (type(env).__name__ == "SLURMEnvironment" and getattr(env, "auto_requeue", False)):
+        if type(env).__name__ == "SLURMEnvironment" and getattr(env, "auto_requeue", False):
+            self.requeue_signal = int(env.requeue_signal)
+            signals.append(self.requeue_signal)
+        elif hasattr(signal, "SIGUSR1"):
             signals.append(signal.SIGUSR1)
         for s in signals:
             self._previous[s] = signal.getsignal(s)
@@ -208,6 +256,27 @@ class SignalCheckpoint(L.Callback):
         trainer.save_checkpoint(path)
         self.saved_path = path
         trainer.should_stop = True
-        if trainer.is_global_zero:
-            print(f"[hardcl] signal {self.received}: checkpoint written to {path} at global step {trainer.global_step}; "
-                  "run the same command again to resume", flush=True)
+        if not trainer.is_global_zero:
+            return
+        print(f"[hardcl] signal {self.received}: checkpoint written to {path} at global step {trainer.global_step}; "
+              "run the same command again to resume", flush=True)
+        if self.received is not None and self.received == self.requeue_signal:
+            requeue_slurm_job()
+
+
+def requeue_slurm_job() -> int:
+    """``scontrol requeue`` this SLURM job (an array task as ``<array job>_<task>``); its exit status."""
+    import subprocess
+
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        print("[hardcl] cannot requeue: SLURM_JOB_ID is not set", flush=True)
+        return 1
+    try:
+        status = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        print("[hardcl] cannot requeue: scontrol is not on PATH; resubmit the same command to resume", flush=True)
+        return 1
+    print(f"[hardcl] requeued SLURM job {job}" if status == 0 else f"[hardcl] scontrol requeue {job} failed ({status})", flush=True)
+    return status

@@ -1,6 +1,8 @@
 """Faults: a real training process killed (SIGKILL) or signalled (SIGUSR1, SIGTERM) mid-run and
 started again with the same command resumes by itself and loses at most the steps since its
-last checkpoint (none after a signal). Also: --resume never, finished runs, logger continuity."""
+last checkpoint (none after a signal). The signals go to the whole process group, DataLoader
+workers included, as schedulers, ``timeout`` and SLURM send them; under a (simulated) SLURM
+job SIGUSR1 also requeues it. Also: --resume never, finished runs, logger continuity."""
 
 import os
 import signal
@@ -30,24 +32,40 @@ class StepMarker(L.Callback):
         time.sleep(self.sleep)
 
 
-def command(tmp_path: Path, sleep: float, extra=()) -> list[str]:
+SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "hardcl-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+def command(tmp_path: Path, sleep: float, extra=(), num_workers: int = 0, slurm: bool = False) -> list[str]:
     override = tmp_path / "override.yaml"
+    plugins = """
+  plugins:
+    - class_path: lightning.pytorch.plugins.environments.SLURMEnvironment
+      init_args: {auto_requeue: true, requeue_signal: SIGUSR1}""" if slurm else ""
     override.write_text(f"""trainer:
-  max_epochs: {EPOCHS}
+  max_epochs: {EPOCHS}{plugins}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{every_n_train_steps: {CKPT_EVERY}, save_last: true}}
     - class_path: test_faults.StepMarker
       init_args: {{path: {tmp_path / 'steps.txt'}, sleep: {sleep}}}
 data:
-  init_args: {{num_train: {STEPS_PER_EPOCH * 16}, num_val: 32, batch_size: 16, num_workers: 0}}
+  init_args: {{num_train: {STEPS_PER_EPOCH * 16}, num_val: 32, batch_size: 16, num_workers: {num_workers}}}
 """)
     return [sys.executable, "-m", "hardcl_lightning", "fit", "--config", str(REPO / "configs" / "tiny" / "simclr.yaml"),
             "--config", str(override), *extra]
 
 
-def env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+def env(tmp_path: Path | None = None, slurm: bool = False):
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if slurm:  # a SLURM job of one task, with an scontrol that records what it was asked
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        scontrol = bin_dir / "scontrol"
+        scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.txt'}\n")
+        scontrol.chmod(0o755)
+        e.update(SLURM_JOB, PATH=f"{bin_dir}{os.pathsep}{e['PATH']}")
+    return e
 
 
 def steps(tmp_path: Path) -> list[int]:
@@ -61,26 +79,35 @@ def last_ckpt(tmp_path: Path) -> Path:
     return found[0]
 
 
-def interrupt(tmp_path: Path, sig: int, after_step: int) -> tuple[int, subprocess.CompletedProcess]:
-    proc = subprocess.Popen(command(tmp_path, sleep=0.3), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def interrupt(tmp_path: Path, sig: int, after_step: int, num_workers: int = 0, slurm: bool = False) -> tuple[int, str]:
+    """Start a run in its own process group; at ``after_step`` send ``sig`` to the whole group."""
+    proc = subprocess.Popen(command(tmp_path, sleep=0.3, num_workers=num_workers, slurm=slurm), cwd=tmp_path,
+                            env=env(tmp_path, slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 240
     while (not steps(tmp_path) or steps(tmp_path)[-1] < after_step) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=120)
     return proc.returncode, out
 
 
-def restart(tmp_path: Path) -> str:
-    done = subprocess.run(command(tmp_path, sleep=0.0), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+def restart(tmp_path: Path, num_workers: int = 0) -> str:
+    done = subprocess.run(command(tmp_path, sleep=0.0, num_workers=num_workers), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGUSR1, signal.SIGTERM], ids=["SIGKILL", "SIGUSR1", "SIGTERM"])
-def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, tmp_path):
-    rc, out = interrupt(tmp_path, sig, after_step=CKPT_EVERY + 2)
+@pytest.mark.parametrize(("sig", "num_workers", "slurm"), [
+    (signal.SIGKILL, 0, False),
+    (signal.SIGUSR1, 2, False),
+    (signal.SIGTERM, 2, False),
+    (signal.SIGUSR1, 2, True),
+], ids=["SIGKILL", "SIGUSR1-group-2-workers", "SIGTERM-group-2-workers", "SLURM-requeue-SIGUSR1-group-2-workers"])
+def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, num_workers, slurm, tmp_path):
+    rc, out = interrupt(tmp_path, sig, after_step=CKPT_EVERY + 2, num_workers=num_workers, slurm=slurm)
     before = steps(tmp_path)
     done_before = before[-1]
     saved = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)["global_step"]
@@ -88,10 +115,15 @@ def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(si
     print(f"\n[fault] {signal.Signals(sig).name}: exit {rc}, steps done {done_before}, checkpoint at {saved}, steps lost {lost}")
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL and 0 <= lost < CKPT_EVERY + 1
-    else:  # a signal: checkpoint at the next batch boundary, nothing lost
+    else:  # a signal: checkpoint at the next batch boundary, nothing lost, the workers did not die first
         assert "checkpoint written" in out, out[-3000:]
+        assert "DataLoader worker" not in out, out[-3000:]
         assert lost == 0
-    log = restart(tmp_path)
+    if slurm:  # the job was requeued once, after the checkpoint, by SignalCheckpoint (no mid-step hpc_ckpt)
+        assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", SLURM_JOB["SLURM_JOB_ID"]]
+        assert out.index("checkpoint written") < out.index("requeued SLURM job")
+        assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))
+    log = restart(tmp_path, num_workers)
     assert "resuming the unfinished run" in log
     after = steps(tmp_path)[len(before):]
     assert after[0] == saved + 1  # the first step after the restart continues from the checkpoint

@@ -27,6 +27,38 @@ def test_sbatch_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm" / "pretrain.sbatch")], check=True)
 
 
+def _fake_srun(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (bin_dir / "srun").chmod(0o755)
+    return bin_dir
+
+
+def test_sbatch_script_finds_the_repo_from_the_submit_dir_when_run_from_the_spool(tmp_path):
+    """sbatch runs a copy of the script from its spool directory: the repo comes from SLURM_SUBMIT_DIR."""
+    import os
+    import shutil
+
+    spool = tmp_path / "spool" / "job4242"
+    spool.mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "slurm" / "pretrain.sbatch", spool / "slurm_script")
+    env = {k: v for k, v in os.environ.items() if k not in ("HARDCL", "HARDCL_REPO")}
+    env.update(PATH=f"{_fake_srun(tmp_path)}{os.pathsep}{env['PATH']}", SLURM_SUBMIT_DIR=str(REPO),
+               SLURM_JOB_NUM_NODES="2", SLURM_NTASKS_PER_NODE="8")
+    run = subprocess.run(["bash", str(spool / "slurm_script"), "configs/hvs_dino.yaml", "--trainer.max_epochs=5"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    args = run.stdout.split("\n")
+    assert args[:3] == [str(REPO / ".venv" / "bin" / "hardcl"), "fit", "--config"]
+    assert str(REPO / "configs" / "trainer" / "slurm.yaml") in args
+    assert "--trainer.num_nodes=2" in args and "--trainer.devices=8" in args and "--trainer.max_epochs=5" in args
+
+    env["SLURM_SUBMIT_DIR"] = str(tmp_path)  # submitted from elsewhere: a clear error, not a wrong path
+    bad = subprocess.run(["bash", str(spool / "slurm_script"), "configs/hvs_dino.yaml"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a hardcl_lightning checkout" in bad.stderr and "HARDCL_REPO" in bad.stderr
+
+
 def test_simulated_slurm_environment_sets_ranks(monkeypatch, tmp_path):
     """With SLURM's variables (2 nodes x 2 tasks, this is global rank 3), Lightning takes rank and world size from them."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment

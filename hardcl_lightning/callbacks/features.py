@@ -30,6 +30,7 @@ def extract_features(pl_module: L.LightningModule, loader: Iterable, gather: boo
         loader = DataLoader(
             Subset(loader.dataset, range(shard, len(loader.dataset), num_shards)),  # type: ignore[arg-type]
             batch_size=loader.batch_size, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn,
         )
         shard, num_shards = 0, 1
     try:
