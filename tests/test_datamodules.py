@@ -190,3 +190,88 @@ def test_empty_image_folder_names_the_path(tmp_path):
     dm = ImageFolderDataModule(train_dir=str(tmp_path / "empty"), batch_size=2, num_workers=0)
     with pytest.raises(FileNotFoundError, match=r"empty.*no images in class sub-folders"):
         dm.setup()
+
+
+def _nested_unlabeled_folder(root, n=14):
+    """Images at several depths, with mixed-case extensions and a non-image file; no class folders."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    paths = []
+    for i in range(n):
+        d = root / ("a" if i % 3 == 0 else "b/c" if i % 3 == 1 else ".")
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"img{i}.{'JPG' if i % 2 else 'png'}"
+        Image.fromarray((torch.rand(36, 36, 3, generator=g) * 255).to(torch.uint8).numpy()).save(p, format="PNG" if i % 2 == 0 else "JPEG")
+        paths.append(p.resolve())
+    (root / "b" / "notes.txt").write_text("not an image")
+    return sorted(str(p) for p in paths)
+
+
+def test_unlabeled_folder_reads_every_image_under_a_nested_folder(tmp_path):
+    from hardcl_lightning.data import UnlabeledFolderDataModule
+
+    files = _nested_unlabeled_folder(tmp_path / "mine")
+    dm = UnlabeledFolderDataModule(train_dir=str((tmp_path / "mine").resolve()), batch_size=4, num_workers=0, image_size=32, num_views=3)
+    dm.setup()
+    assert sorted(dm.paths("train")) == files  # recursive, case-insensitive extensions, the .txt left out
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["views"]) == 3 and batch["views"][0].shape == (4, 3, 32, 32)
+    assert batch["boxes"].shape == (4, 3, 4) and (batch["label"] == -1).all()  # HVS boxes; no labels
+    assert not dm.has_labels and not dm.has_train_labels and "val_dir and bank_dir" in dm.evaluation_off_reason
+    assert dm.val_dataloader() == [] and dm.resolved_predict_split() == "train"
+    half = UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), batch_size=2, num_workers=0, train_fraction=0.5)
+    half.setup()
+    again = UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), batch_size=2, num_workers=0, train_fraction=0.5)
+    again.setup()
+    assert len(half.paths("train")) == 7 and half.paths("train") == again.paths("train") and set(half.paths("train")) < set(files)
+
+
+def test_unlabeled_folder_errors_name_the_value(tmp_path, image_folder):
+    from hardcl_lightning.data import UnlabeledFolderDataModule
+
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        (tmp_path / "empty").mkdir()
+        UnlabeledFolderDataModule(train_dir=str(tmp_path / "empty"), batch_size=2).setup()
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        UnlabeledFolderDataModule(train_dir=str(tmp_path / "nope"), batch_size=2).setup()
+    with pytest.raises(ValueError, match="both val_dir and bank_dir"):
+        UnlabeledFolderDataModule(train_dir=str(image_folder / "train"), val_dir=str(image_folder / "val"))
+    with pytest.raises(ValueError, match="predict_split"):
+        UnlabeledFolderDataModule(train_dir=str(image_folder / "train"), predict_split="test")
+
+
+def test_unlabeled_folder_skips_or_names_a_corrupt_file(tmp_path):
+    from hardcl_lightning.data import UnlabeledFolderDataModule
+
+    _nested_unlabeled_folder(tmp_path / "mine", n=6)
+    bad = tmp_path / "mine" / "b" / "c" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    dm = UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), batch_size=7, num_workers=0, image_size=32)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        next(iter(dm.train_dataloader()))
+    dm = UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), batch_size=7, num_workers=0, image_size=32, bad_images="skip")
+    with pytest.warns(UserWarning, match="skipped unreadable image .*broken.jpg"):
+        batch = next(iter(dm.train_dataloader()))
+    assert batch["views"][0].shape[0] == 7
+
+
+def test_unlabeled_folder_bank_and_queries_come_from_the_labelled_folders(tmp_path, image_folder):
+    from hardcl_lightning.data import UnlabeledFolderDataModule
+
+    _nested_unlabeled_folder(tmp_path / "mine")
+    dm = UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), val_dir=str(image_folder / "val"),
+                                   bank_dir=str(image_folder / "train"), batch_size=4, num_workers=0, image_size=32)
+    dm.setup()
+    assert dm.has_labels and not dm.has_train_labels and dm.num_classes == 3
+    bank = torch.cat([b["label"] for b in dm.bank_dataloader()])
+    assert bank.tolist() == sorted([0, 1, 2] * 6)  # the bank_dir images, labelled by class folder
+    assert torch.cat([b["label"] for b in dm.val_dataloader()]).tolist() == sorted([0, 1, 2] * 6)
+    (tmp_path / "other" / "x").mkdir(parents=True)
+    import shutil
+
+    shutil.copy(next((image_folder / "val" / "class_0").iterdir()), tmp_path / "other" / "x" / "0.jpg")
+    mismatched = UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), val_dir=str(image_folder / "val"),
+                                           bank_dir=str(tmp_path / "other"), batch_size=4, num_workers=0)
+    with pytest.raises(ValueError, match="same class folders"):
+        mismatched.setup()

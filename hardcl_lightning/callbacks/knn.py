@@ -73,7 +73,8 @@ class OnlineKNN(L.Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "bank_dataloader") or not getattr(dm, "has_labels", True):
             if self.enabled:
-                rank_zero_info("OnlineKNN: off (the datamodule has no labelled validation set or no bank_dataloader)")
+                reason = getattr(dm, "evaluation_off_reason", "the datamodule has no labelled validation set or no bank_dataloader")
+                rank_zero_info(f"OnlineKNN: off ({reason})")
             self.enabled = False
         return self.enabled
 

@@ -19,7 +19,7 @@ class OnlineLinearProbe(L.Callback):
 
     It trains on the ``feats``/``labels`` that the method's ``training_step`` returns (detached
     backbone features of the training views, so there is no second forward and no gradient
-    reaches the backbone), with its own SGD optimiser whose gradients are averaged over ranks.
+    reaches the backbone; views labelled -1, unlabeled images, are left out), with its own SGD optimiser whose gradients are averaged over ranks.
     Its weights and optimiser state are saved in and restored from checkpoints. Logs
     ``probe/acc`` (validation) and ``probe/best_acc``.
     """
@@ -46,8 +46,9 @@ class OnlineLinearProbe(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
-        if dm is None or not getattr(dm, "has_labels", True) or not hasattr(dm, "num_classes"):
-            rank_zero_info("OnlineLinearProbe: off (the datamodule has no labelled validation set)")
+        if dm is None or not getattr(dm, "has_train_labels", getattr(dm, "has_labels", True)) or not hasattr(dm, "num_classes"):
+            reason = getattr(dm, "evaluation_off_reason", "the datamodule has no labelled validation set")
+            rank_zero_info(f"OnlineLinearProbe: off ({reason})")
             self.enabled = False
             return
         if self.probe is None:
@@ -67,9 +68,11 @@ class OnlineLinearProbe(L.Callback):
         if not self.enabled or self.probe is None or not isinstance(outputs, dict) or "feats" not in outputs:
             return
         feats, labels = outputs["feats"].detach().float(), outputs["labels"]
+        labelled = labels >= 0  # -1: an unlabeled image (STL-10's unlabeled split) teaches the probe nothing
         with torch.enable_grad(), torch.autocast(device_type=feats.device.type, enabled=False):
             logits = self.probe(feats)
-            loss = F.cross_entropy(logits, labels)
+            # summed over the labelled views only; every rank still steps (the gradient all-reduce below)
+            loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / labelled.sum().clamp(min=1)
             self.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
             loss.backward()
         if is_dist() and world_size() > 1:
@@ -77,7 +80,7 @@ class OnlineLinearProbe(L.Callback):
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= world_size()
         self.optimizer.step()  # type: ignore[union-attr]
-        acc = (logits.argmax(1) == labels).float().mean()
+        acc = ((logits.argmax(1) == labels) & labelled).sum() / labelled.sum().clamp(min=1)
         pl_module.log_dict({"probe/train_loss": loss.detach(), "probe/train_acc": acc}, on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -7,6 +7,7 @@ from hardcl_lightning.data.datamodules import (
     ShapesDataModule,
     SSLDataModule,
     STL10DataModule,
+    UnlabeledFolderDataModule,
     class_balanced_subset,
 )
 from hardcl_lightning.data.procedural import FACTORS, ShapesDataset, make_shapes, make_shapes_with_factors
@@ -22,6 +23,7 @@ __all__ = [
     "ShapesDataset",
     "SSLDataModule",
     "STL10DataModule",
+    "UnlabeledFolderDataModule",
     "ViewSpec",
     "class_balanced_subset",
     "make_shapes",

@@ -3,8 +3,12 @@
 - training batch: ``{"views": [V x Tensor[B,3,h,w]], "boxes": Tensor[B,V,4], "label": Tensor[B], "index": Tensor[B]}``,
   plus ``"image"`` (the un-augmented image, as in validation) when ``with_image`` is set
   (the generator methods' discriminator trains on it)
-- validation batch: ``{"image": Tensor[B,3,S,S], "label": Tensor[B]}`` (un-augmented)
+- validation batch: ``{"image": Tensor[B,3,S,S], "label": Tensor[B], "index": Tensor[B]}`` (un-augmented)
 - ``bank_dataloader()``: the training set un-augmented, in validation layout (for the kNN bank)
+- ``predict_dataloader()``: the ``predict_split`` (``train`` or ``val``) un-augmented, in validation
+  layout; ``paths(split)`` gives the image files of a split, when it has files
+
+Label -1 means "no label" (STL-10's unlabeled split, a folder of unlabeled images).
 
 The view recipe (``augmentation``, ``num_views``, local crops) is the datamodule's; under the
 CLI, ``num_views`` is linked from the model so that it is written once.
@@ -21,6 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hardcl_lightning.checkpointing import ignore_stop_signals_in_worker
 from hardcl_lightning.data.procedural import ShapesDataset
 from hardcl_lightning.data.transforms import (
     CIFAR_MEAN,
@@ -52,7 +57,7 @@ class MultiViewDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Wraps an ``(image, label)`` dataset and returns ``{"image", "label"}`` un-augmented."""
+    """Wraps an ``(image, label)`` dataset and returns ``{"image", "label", "index"}`` un-augmented."""
 
     def __init__(self, base: Dataset, transform) -> None:
         self.base, self.transform = base, transform
@@ -62,7 +67,7 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         img, label = self.base[i]
-        return {"image": self.transform(img), "label": label}
+        return {"image": self.transform(img), "label": label, "index": i}
 
 
 def class_balanced_subset(targets: Sequence[int], fraction: float, seed: int = 0) -> list[int]:
@@ -99,6 +104,8 @@ class SSLDataModule(L.LightningDataModule):
         seed: seed of the ``train_fraction`` subset.
         with_image: training batches also carry the un-augmented ``"image"`` (normalised as in
             validation); the generator methods switch it on themselves.
+        predict_split: what ``hardcl predict`` embeds: ``train`` (the training images, in bank
+            order) or ``val``; None takes ``val`` when there is a validation set, else ``train``.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -122,9 +129,13 @@ class SSLDataModule(L.LightningDataModule):
         train_fraction: float = 1.0,
         seed: int = 0,
         with_image: bool = False,
+        predict_split: str | None = None,
     ) -> None:
         super().__init__()
         self.with_image = with_image
+        if predict_split not in (None, "train", "val"):
+            raise ValueError(f"predict_split must be 'train', 'val' or None, got {predict_split!r}")
+        self.predict_split = predict_split
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -170,7 +181,18 @@ class SSLDataModule(L.LightningDataModule):
 
     @property
     def has_labels(self) -> bool:
+        """A labelled validation set and bank exist (what the online kNN needs)."""
         return self._val is not None
+
+    @property
+    def has_train_labels(self) -> bool:
+        """Training images carry labels (some may be -1, unlabeled), so the online probe can train."""
+        return self.has_labels
+
+    @property
+    def evaluation_off_reason(self) -> str:
+        """Why the online kNN / probe are off, for their one message."""
+        return f"{type(self).__name__} has no labelled validation set"
 
     def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
@@ -181,6 +203,8 @@ class SSLDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # a stop signal sent to the job's process group is the main process's to handle (it checkpoints first)
+            worker_init_fn=ignore_stop_signals_in_worker if self.num_workers > 0 else None,
         )
 
     def train_transform(self) -> MultiViewTransform:
@@ -206,13 +230,36 @@ class SSLDataModule(L.LightningDataModule):
         """The labelled evaluation set (the same split as validation; SSL benchmarks report on it)."""
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
+    def resolved_predict_split(self) -> str:
+        self.setup()
+        return self.predict_split or ("val" if self._val is not None else "train")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The ``predict_split`` images un-augmented, in order (``hardcl predict`` embeds them)."""
+        split = self.resolved_predict_split()
+        if split == "val" and self._val is None:
+            raise ValueError(f"predict_split='val' but {type(self).__name__} has no validation set; use predict_split: train")
+        ds = self._val if split == "val" else self._train
+        return self._loader(EvalDataset(ds, self.eval_transform()), shuffle=False, drop_last=False)
+
+    def paths(self, split: str) -> list[str] | None:
+        """The image file of every item of ``split`` (``train`` in bank order, or ``val``), or None
+        for datasets that are not files (CIFAR, the embedded dataset)."""
+        self.setup()
+        return _paths(self._train if split == "train" else self._val)
 
     def bank_dataloader(self) -> DataLoader:
         """The un-augmented training set for the kNN bank (labels needed)."""
         self.setup()
         return self._loader(EvalDataset(self._train, self.eval_transform()), shuffle=False, drop_last=False)
+
+
+def _paths(ds: Dataset | None) -> list[str] | None:
+    if isinstance(ds, Subset):
+        inner = _paths(ds.dataset)
+        return None if inner is None else [inner[i] for i in ds.indices]
+    samples = getattr(ds, "samples", None)
+    return None if samples is None else [str(path) for path, _ in samples]
 
 
 def _targets(ds: Dataset) -> list[int]:
@@ -229,6 +276,12 @@ class ShapesDataModule(SSLDataModule):
     ``grayscale``: the same scenes in luminance only (what the quickstart and tiny configs use). On
     the colour images the views of an image share its palette colours, a shortcut that keeps
     negative-free methods (SimSiam, BYOL, DINO) from learning shape (``procedural`` module docstring).
+
+    Args:
+        num_train: training images (generated, about 1 s per 10k).
+        num_val: validation images (a disjoint seed).
+        data_seed: seed of the generated scenes.
+        grayscale: luminance-only images (what the quickstart and tiny configs use).
     """
 
     mean = (0.5, 0.5, 0.5)
@@ -264,7 +317,12 @@ class ShapesDataModule(SSLDataModule):
 
 
 class _TorchvisionDataModule(SSLDataModule):
-    """Shared loading of torchvision datasets with a clear error when offline and missing."""
+    """Shared loading of torchvision datasets with a clear error when offline and missing.
+
+    Args:
+        data_dir: folder holding the dataset in torchvision's layout.
+        download: download it there when missing (needs internet).
+    """
 
     dataset_name = ""
 
@@ -339,7 +397,11 @@ class CIFAR100DataModule(CIFAR10DataModule):
 class STL10DataModule(_TorchvisionDataModule):
     """STL-10: pre-train on ``train+unlabeled`` (105k images) or ``train``; evaluate on ``test``.
 
-    The kNN bank uses the 5k labelled ``train`` split (unlabeled images have no label).
+    The kNN bank uses the 5k labelled ``train`` split (unlabeled images have no label, -1; the
+    online probe trains on the labelled ones).
+
+    Args:
+        use_unlabeled: pre-train on ``train+unlabeled`` (True) or on ``train`` only.
     """
 
     dataset_name = "STL-10"
@@ -365,27 +427,32 @@ class STL10DataModule(_TorchvisionDataModule):
         return 10
 
 
-class _CheckedImageFolder(Dataset):
-    """An ImageFolder whose unreadable files (corrupt, truncated, not an image) fail with their path, or are skipped."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-    def __init__(self, root: str, bad_images: str) -> None:
-        from torchvision.datasets import ImageFolder
 
-        self.folder = ImageFolder(root)
-        self.classes, self.targets, self.samples = self.folder.classes, self.folder.targets, self.folder.samples
-        self.bad_images = bad_images
+class CheckedImages(Dataset):
+    """``(PIL image, label)`` items of image files whose unreadable ones (corrupt, truncated, not an
+    image) fail with their path (``bad_images="fail"``) or are skipped for the next readable one
+    (``"skip"``, with a running count)."""
+
+    def __init__(self, samples: list[tuple[str, int]], root: str, bad_images: str, classes: list[str] | None = None) -> None:
+        self.samples, self.root, self.bad_images = samples, root, bad_images
+        self.targets = [label for _, label in samples]
+        self.classes = classes or []
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self.folder)
+        return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        for attempt in range(len(self.folder)):
-            j = (i + attempt) % len(self.folder)
+        from PIL import Image
+
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(i + attempt) % len(self.samples)]
             try:
-                return self.folder[j]
+                with open(path, "rb") as f:
+                    return Image.open(f).convert("RGB"), label
             except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for corrupt / truncated files
-                path = self.samples[j][0]
                 if self.bad_images == "fail":
                     raise ValueError(
                         f"cannot read image {path!r} ({type(e).__name__}: {e}); remove it, or set "
@@ -394,15 +461,49 @@ class _CheckedImageFolder(Dataset):
                 if path not in self.skipped:
                     self.skipped.add(path)
                     warnings.warn(f"skipped unreadable image {path!r} ({len(self.skipped)} skipped so far in this loader process)")
-        raise ValueError(f"no readable image in {self.folder.root!r}")
+        raise ValueError(f"no readable image in {self.root!r}")
+
+
+def labelled_folder(path: str, what: str, bad_images: str) -> CheckedImages:
+    """An ImageFolder tree ``root/<class>/<image>``, with errors that name the argument."""
+    from torchvision.datasets import ImageFolder
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what}={str(p)!r} is not a directory; expected an ImageFolder tree root/<class>/<image>")
+    try:
+        folder = ImageFolder(str(p), loader=lambda f: f)  # only the file list: CheckedImages reads the files
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what}={str(p)!r} holds no images in class sub-folders: {e}") from e
+    return CheckedImages(folder.samples, str(p), bad_images, folder.classes)
+
+
+def image_files(path: str, what: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Every image file under ``path`` (recursively, by extension, case-insensitive), sorted."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what}={str(p)!r} is not a directory")
+    exts = tuple(e.lower() for e in extensions)
+    files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
+    if not files:
+        raise FileNotFoundError(f"{what}={str(p)!r} holds no image files (looked recursively for {', '.join(exts)})")
+    return files
 
 
 class ImageFolderDataModule(SSLDataModule):
     """Any ``root/<class>/<image>`` tree (ImageNet-100 is one); ``val_dir`` is optional.
 
     Without ``val_dir``, the online kNN and linear probe switch themselves off with a message.
-    ``bad_images``: ``fail`` (default) stops at an unreadable file and names it; ``skip`` uses the
-    next readable image instead and logs each skipped file with a running count.
+
+    Args:
+        train_dir: the training tree ``root/<class>/<image>``.
+        val_dir: the labelled validation tree (same classes); None switches kNN and probe off.
+        mean: per-channel normalisation mean (ImageNet's by default).
+        std: per-channel normalisation std.
+        eval_resize_ratio: evaluation images are resized to ``image_size`` x this, then centre-cropped
+            (256/224, the ImageNet protocol).
+        bad_images: ``fail`` stops at an unreadable file and names it; ``skip`` uses the next
+            readable image instead and logs each skipped file with a running count.
     """
 
     def __init__(
@@ -423,25 +524,89 @@ class ImageFolderDataModule(SSLDataModule):
         self.mean, self.std, self.eval_resize_ratio = tuple(mean), tuple(std), eval_resize_ratio  # type: ignore[assignment]
         self._num_classes: int | None = None
 
-    def _folder(self, path: str, what: str) -> Dataset:
-        p = Path(path)
-        if not p.is_dir():
-            raise FileNotFoundError(f"{what}={str(p)!r} is not a directory; expected an ImageFolder tree root/<class>/<image>")
-        try:
-            return _CheckedImageFolder(str(p), self.bad_images)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{what}={str(p)!r} holds no images in class sub-folders: {e}") from e
-
     def train_base(self) -> Dataset:
-        ds = self._folder(self.train_dir, "train_dir")
-        self._num_classes = len(ds.classes)  # type: ignore[attr-defined]
+        ds = labelled_folder(self.train_dir, "train_dir", self.bad_images)
+        self._num_classes = len(ds.classes)
         return ds
 
     def val_base(self) -> Dataset | None:
-        return None if self.val_dir is None else self._folder(self.val_dir, "val_dir")
+        return None if self.val_dir is None else labelled_folder(self.val_dir, "val_dir", self.bad_images)
 
     @property
     def num_classes(self) -> int:
         if self._num_classes is None:
             self.setup()
         return int(self._num_classes)  # type: ignore[arg-type]
+
+
+class UnlabeledFolderDataModule(ImageFolderDataModule):
+    """Your own images: every image file under ``train_dir``, in any sub-folder layout, no labels.
+
+    Files are found recursively by extension (``extensions``, case-insensitive); unreadable ones
+    fail or are skipped as in ``ImageFolderDataModule`` (``bad_images``). ``train_fraction`` takes a
+    deterministic random subset. For the online kNN, give two labelled ImageFolder trees: a
+    ``bank_dir`` (the kNN's neighbours) and a ``val_dir`` (its queries), e.g. a small labelled
+    part of your data; without them the kNN is off with one message. The online linear probe
+    trains on labelled training views, so it is off here whatever is given.
+
+    Args:
+        train_dir: folder of unlabeled images (searched recursively).
+        val_dir: labelled ImageFolder tree ``root/<class>/<image>``: the kNN's queries.
+        bank_dir: labelled ImageFolder tree with the same classes: the kNN's bank.
+        extensions: file extensions that count as images.
+    """
+
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str | None = None,
+        bank_dir: str | None = None,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(train_dir=train_dir, val_dir=val_dir, **kwargs)
+        if (val_dir is None) != (bank_dir is None):
+            raise ValueError(
+                f"give both val_dir and bank_dir (labelled ImageFolder trees) for the kNN, or neither; got "
+                f"val_dir={val_dir!r}, bank_dir={bank_dir!r}"
+            )
+        self.bank_dir, self.extensions = bank_dir, tuple(extensions)
+        self._bank: CheckedImages | None = None
+
+    def train_base(self) -> Dataset:
+        files = image_files(self.train_dir, "train_dir", self.extensions)
+        return CheckedImages([(f, -1) for f in files], self.train_dir, self.bad_images)
+
+    def val_base(self) -> Dataset | None:
+        if self.val_dir is None:
+            return None
+        val = labelled_folder(self.val_dir, "val_dir", self.bad_images)
+        self._bank = labelled_folder(self.bank_dir, "bank_dir", self.bad_images)  # type: ignore[arg-type]
+        if self._bank.classes != val.classes:
+            raise ValueError(f"bank_dir and val_dir must have the same class folders; got {self._bank.classes} and {val.classes}")
+        self._num_classes = len(val.classes)
+        return val
+
+    @property
+    def has_train_labels(self) -> bool:
+        return False
+
+    @property
+    def evaluation_off_reason(self) -> str:
+        if self.val_dir is None:
+            return "UnlabeledFolderDataModule has no labelled images: set val_dir and bank_dir (ImageFolder trees) for the kNN"
+        return "UnlabeledFolderDataModule's training images have no labels"
+
+    def bank_dataloader(self) -> DataLoader:
+        """The labelled ``bank_dir`` images un-augmented (the training images have no labels)."""
+        self.setup()
+        if self._bank is None:
+            raise ValueError(self.evaluation_off_reason)
+        return self._loader(EvalDataset(self._bank, self.eval_transform()), shuffle=False, drop_last=False)
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        if self._num_classes is None:
+            raise ValueError(self.evaluation_off_reason)
+        return int(self._num_classes)
