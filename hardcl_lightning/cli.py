@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from hardcl_lightning.checkpointing import AtomicCheckpointIO, SignalCheckpoint, continue_loggers, find_resumable_checkpoint
+# imported so that ``--help`` lists them as known subclasses and ``--model.help HVSDINO`` finds them
+import hardcl_lightning.callbacks  # noqa: F401
+import hardcl_lightning.evaluation  # noqa: F401
+import hardcl_lightning.methods  # noqa: F401
+from hardcl_lightning.checkpointing import install_atomic_checkpoint_io, SignalCheckpoint, continue_loggers, find_resumable_checkpoint
 from hardcl_lightning.data.datamodules import SSLDataModule
+from hardcl_lightning.quiet import replace_model_summary, silence_known_noise
+from hardcl_lightning.runs import SaveConfigToRunDirectory
 
 
 class HardCLCLI(LightningCLI):
@@ -32,6 +39,22 @@ class HardCLCLI(LightningCLI):
             help="fit only. auto: without --ckpt_path, continue the newest unfinished run with the same model "
                  "hyperparameters from its last.ckpt under the run directory (requeued jobs); never: start fresh",
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, writing checkpoints atomically. Installed here rather than as a plugin in
+        ``trainer_defaults``: a plugin instance cannot be written to the run's ``config.yaml``, so that
+        file would not run again."""
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_checkpoint_io(trainer)
+        replace_model_summary(trainer)
+        return trainer
+
+    def before_predict(self) -> None:
+        """``hardcl predict`` writes its embeddings to files (``EmbeddingWriter``) unless a config has its own writer."""
+        from hardcl_lightning.callbacks import EmbeddingWriter
+
+        if not any(isinstance(cb, EmbeddingWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(EmbeddingWriter())
 
     def before_fit(self) -> None:
         """Signal checkpoints for every fit; the automatic resume of an unfinished run."""
@@ -76,9 +99,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        save_config_callback=SaveConfigToRunDirectory,
         save_config_kwargs={"overwrite": True},
-        # checkpoints are written atomically unless a config sets its own plugins (then list it there)
-        trainer_defaults={"plugins": [AtomicCheckpointIO()]},
         args=args,
         auto_configure_optimizers=False,
         run=run,
@@ -114,6 +136,7 @@ def eval_main(args: list[str] | None = None) -> None:
 
     from hardcl_lightning.evaluation import export_backbone, knn_sweep_checkpoint
 
+    silence_known_noise()
     parser = build_eval_parser()
     cfg = parser.parse_args(args)
     if cfg.subcommand == "export":
@@ -136,6 +159,7 @@ def eval_main(args: list[str] | None = None) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``hardcl`` and ``python -m hardcl_lightning`` (returns nothing: a console
     script's return value becomes its exit status)."""
+    silence_known_noise()
     build_cli(args)
 
 

@@ -86,14 +86,17 @@ class LinearEval(ResumableState, L.LightningModule):
         pretrained: path of the pre-training checkpoint (``.ckpt`` written by ``hardcl fit``).
         num_classes: classes of the classifier; None takes the datamodule's.
         lr: SGD learning rate (per ``batch_size``; no scaling), cosine to 0 after ``warmup_epochs``.
-        momentum, weight_decay: SGD's.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay of the classifier.
         warmup_epochs: linear LR warm-up.
         finetune: train the backbone too (BN in train mode), instead of the frozen protocol.
         normalize_features: a parameter-free BatchNorm on the features before the classifier (MAE's
             linear probe, He et al. 2022, sec. A.2): at inference it is an affine map that folds
             into the linear layer, so the classifier is still linear, but it makes one ``lr``
             work for backbones whose feature scales differ by orders of magnitude.
-        image_size, batch_size, num_views: linked from/to the datamodule by the CLI.
+        image_size: linked from the datamodule by the CLI.
+        batch_size: linked from the datamodule by the CLI.
+        num_views: linked to the datamodule by the CLI (one view per image).
     """
 
     def __init__(

@@ -1,3 +1,4 @@
+import pytest
 import lightning as L
 import torch
 
@@ -60,3 +61,37 @@ def test_probe_does_not_touch_the_backbone(tmp_path):
     w = probe.probe.weight.detach().clone()
     probe.on_train_batch_end(trainer, model, {"feats": feats, "labels": torch.arange(8)}, None, 0)
     assert feats.grad is None and not torch.equal(w, probe.probe.weight)
+
+
+class _RecordLosses(L.Callback):
+    def __init__(self):
+        self.losses, self.images = [], 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        self.images += batch["views"][0].shape[0]
+
+
+def test_progress_line_reports_the_mean_loss_images_and_time_left(tmp_path, caplog):
+    import logging
+    import re
+
+    from hardcl_lightning.callbacks import ProgressLine
+
+    record = _RecordLosses()
+    dm, model, trainer = small_setup(tmp_path, [ProgressLine(every_n_seconds=0), record], enable_checkpointing=False, max_epochs=2)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(model, dm)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2, lines
+    pattern = r"epoch (\d)/2 \| loss ([\d.]+) \| (\d+) img/s \| (\d+:\d\d) elapsed \| ~(\d+:\d\d) left"
+    parsed = [re.fullmatch(pattern, line) for line in lines]
+    assert all(parsed), lines
+    per_epoch = len(record.losses) // 2
+    for e, m in enumerate(parsed):  # each line: the mean loss of that epoch's batches (recorded independently)
+        assert int(m.group(1)) == e + 1
+        assert float(m.group(2)) == pytest.approx(sum(record.losses[e * per_epoch:(e + 1) * per_epoch]) / per_epoch, abs=1e-4)
+        assert int(m.group(3)) > 0
+    assert parsed[-1].group(5) == "0:00"  # nothing left after the last epoch
+    with pytest.raises(ValueError, match="every_n_seconds"):
+        ProgressLine(every_n_seconds=-1)

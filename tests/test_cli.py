@@ -3,11 +3,14 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hardcl_lightning.cli import build_cli, main
 
-ALL_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+ALL_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "data"))
+# dataset overlays: composed after a method config (tests below)
+DATA_OVERLAYS = sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml"))
 # offline evaluation of a pre-trained checkpoint (tests/test_evaluation.py runs them)
 EVAL_CONFIGS = [p for p in ALL_CONFIGS if p.stem.startswith(("linear_eval", "knn_sweep"))]
 CONFIGS = [p for p in ALL_CONFIGS if p not in EVAL_CONFIGS]  # pre-training runs
@@ -93,8 +96,8 @@ def _imagefolder_args(root: Path, config: Path) -> list[str]:
 def test_fast_dev_run_on_an_image_folder(config, image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), *CPU, "--trainer.fast_dev_run=true", *_imagefolder_args(image_folder, config)])
-    # fast_dev_run is a smoke test: no checkpoint, even from a config's ModelCheckpoint(save_last=True)
-    assert not list(tmp_path.rglob("*.ckpt"))
+    # fast_dev_run is a smoke test: no checkpoint, even from a config's ModelCheckpoint(save_last=True), no image grid
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("*.png"))
 
 
 def test_config_typo_names_the_key(capsys):
@@ -133,10 +136,181 @@ def test_validate_test_predict_and_wandb_offline(tmp_path, monkeypatch):
           "--trainer.logger.init_args.project=hardcl-test"])
     assert list(tmp_path.rglob("*.wandb")), "no offline wandb run was written"
     ckpt = next(tmp_path.rglob("*.ckpt"))
-    assert (ckpt.parents[2] / "config.yaml").is_file() or list(tmp_path.rglob("config.yaml"))
+    # the run's own directory (<save_dir>/<project>/<run id>, beside checkpoints/), not the logger's root
+    assert (ckpt.parents[1] / "config.yaml").is_file() and not (tmp_path / "config.yaml").exists()
     for sub in ("validate", "test"):
         main([sub, "--config", tiny, *small, "--trainer.logger=false", f"--ckpt_path={ckpt}"])
     cli = build_cli(["predict", "--config", tiny, *small, "--trainer.logger=false", f"--ckpt_path={ckpt}",
                      "--trainer.callbacks=[]"])
     preds = cli.trainer.predict_loop.predictions
-    assert sum(p.shape[0] for p in preds) == 32 and preds[0].shape[1] == cli.model.feature_dim
+    assert sum(p["feats"].shape[0] for p in preds) == 32 and preds[0]["feats"].shape[1] == cli.model.feature_dim
+    written = torch.load(tmp_path / "predictions" / "embeddings.pt")  # no logger: the default_root_dir
+    assert torch.allclose(written["embeddings"], torch.cat([p["feats"] for p in preds]))
+
+
+def test_fit_on_a_folder_of_unlabeled_images_then_predict_writes_its_embeddings(tmp_path, image_folder, monkeypatch):
+    """Train on a nested folder without class sub-folders (kNN on labelled bank/val folders), then
+    ``hardcl predict`` writes embeddings equal to the backbone's on those image files."""
+    import numpy as np
+    from PIL import Image
+
+    from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+    from hardcl_lightning.methods import SimCLR
+
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    for i in range(24):
+        d = tmp_path / "mine" / ("x" if i % 2 else "y/z")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
+    tiny = str(CONFIGS[0].parent / "tiny" / "simclr.yaml")
+    data = ["--data=hardcl_lightning.data.UnlabeledFolderDataModule", f"--data.train_dir={tmp_path / 'mine'}",
+            f"--data.val_dir={image_folder / 'val'}", f"--data.bank_dir={image_folder / 'train'}",
+            "--data.batch_size=8", "--data.num_workers=0", "--data.image_size=32"]
+    fit = build_cli(["fit", "--config", tiny, *data, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
+                     "--trainer.logger=false"])
+    knn = next(cb for cb in fit.trainer.callbacks if type(cb).__name__ == "OnlineKNN")
+    assert [e for e, _ in knn.history] == [0, 1]  # kNN ran before training and after the epoch
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    build_cli(["predict", "--config", tiny, *data, "--data.predict_split=train", f"--ckpt_path={ckpt}",
+               f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"])
+    out = tmp_path / "predictions"
+    record = torch.load(out / "embeddings.pt")
+    paths = (out / "paths.txt").read_text().split()
+    assert record["paths"] == paths and len(paths) == 24 and {Path(p).parent.name for p in paths} == {"x", "z"}
+    assert (record["labels"] == -1).all() and record["split"] == "train"
+    assert np.allclose(np.load(out / "embeddings.npy"), record["embeddings"].numpy())
+    assert (out / "embeddings_pca.png").stat().st_size > 1000
+    # independent: the checkpoint's backbone in eval mode on each file, read and transformed here
+    model = SimCLR.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    tf = eval_transform(32, IMAGENET_MEAN, IMAGENET_STD, 256 / 224)
+    with torch.no_grad():
+        expected = torch.cat([model.backbone(tf(Image.open(p).convert("RGB")).unsqueeze(0)) for p in paths])
+    assert torch.allclose(record["embeddings"], expected, atol=1e-5)
+
+
+def _help(args, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def _concrete(module, base):
+    import inspect
+
+    return sorted(n for n in module.__all__ if inspect.isclass(c := getattr(module, n)) and issubclass(c, base)
+                  and not inspect.isabstract(c) and "Mixin" not in n and n not in ("BaseMethod", "MomentumMethod", "SSLDataModule"))
+
+
+def test_fit_help_lists_every_method_and_datamodule(capsys):
+    import lightning as L
+
+    import hardcl_lightning.data as data
+    import hardcl_lightning.methods as methods
+
+    text = " ".join(_help(["fit", "--help"], capsys).split())  # the help wraps long lists
+    names = _concrete(methods, L.LightningModule) + ["LinearEval"]
+    assert len(names) >= 17
+    for name in names:
+        assert f"{name}," in text or f"{name})" in text, name
+    for name in _concrete(data, data.SSLDataModule):
+        assert f"hardcl_lightning.data.{name}" in text, name
+
+
+@pytest.mark.parametrize(("group", "name"), [("model", m) for m in (
+    "SimCLR", "MoCoV2", "MoCHi", "SimSiam", "BYOL", "DINO", "HVSSimCLR", "HVSMoCoV2", "HVSSimSiam", "HVSBYOL", "HVSDINO",
+    "HardSampleCL", "HardSampleMoCoV2", "PositivePairCL", "PositivePairMoCoV2", "GANPretrain", "LinearEval")] + [
+    ("data", d) for d in ("ShapesDataModule", "CIFAR10DataModule", "CIFAR100DataModule", "STL10DataModule",
+                          "ImageFolderDataModule", "UnlabeledFolderDataModule")])
+def test_every_knob_has_help_text(group, name, capsys):
+    """``--model.help NAME`` / ``--data.help NAME`` work with the bare class name, and no option is left
+    without a description (LightningCLI takes them from the docstrings' Args sections)."""
+    import re
+
+    text = _help(["fit", f"--{group}.help", name], capsys)
+    # "  --model.NAME [METAVAR]  [description...]" then indented continuation lines
+    options = re.findall(rf"\n  (--{group}\.\S+)(?: \S+)?( {{2,}}[^\n]*)?\n((?: {{24}}[^\n]*\n)*)", text)
+    assert len(options) >= 5, text[:2000]
+    undocumented = [opt for opt, same_line, rest in options if " ".join((same_line + rest).split()).startswith("(type:")]
+    assert not undocumented, f"{name}: no help text for {undocumented}"
+
+
+KNOWN_NOISE = ("Unable to serialize", "JsonargparseWarning", "LeafSpec", "💡 Tip", "Total Flops")
+
+
+def test_a_quiet_run_whose_saved_config_and_print_config_run_again(tmp_path, monkeypatch, capsys):
+    """A quickstart-style run (a real process) prints none of the known noise and one progress line per
+    epoch; the config.yaml it saves, and --print_config's output, are configs that run unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    quick = str(CONFIGS[0].parent / "quickstart.yaml")
+    small = ["--data.init_args.num_train=64", "--data.init_args.num_val=32", "--data.init_args.batch_size=16",
+             "--data.init_args.num_workers=0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-m", "hardcl_lightning", "fit", "--config", quick, *small, "--trainer.max_epochs=2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert [n for n in KNOWN_NOISE if n in out] == [], out
+    progress = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [p.split(" | ")[0] for p in progress] == ["epoch 1/2", "epoch 2/2"], out
+    assert all(" img/s | " in p and p.endswith("left") for p in progress) and progress[-1].endswith("~0:00 left")
+    saved = tmp_path / "runs" / "quickstart" / "lightning_logs" / "version_0" / "config.yaml"
+    assert "Unable to serialize" not in saved.read_text()
+    main(["fit", "--config", str(saved), "--trainer.fast_dev_run=true"])
+    printed = _help(["fit", "--config", str(CONFIGS[0].parent / "tiny" / "hvs_dino.yaml"), *small, "--print_config"], capsys)
+    assert "Unable to serialize" not in printed
+    (tmp_path / "printed.yaml").write_text(printed)
+    main(["fit", "--config", str(tmp_path / "printed.yaml"), "--trainer.fast_dev_run=true"])
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "config.yaml").exists()  # files only in run directories
+
+
+BASE_AND_HVS_CIFAR = [f"{m}_cifar10.yaml" for m in ("simclr", "mocov2", "simsiam", "byol", "dino")] + [
+    f"hvs_{m}.yaml" for m in ("simclr", "mocov2", "simsiam", "byol", "dino")]
+
+
+@pytest.mark.parametrize("overlay", ["cifar100", "stl10"])
+@pytest.mark.parametrize("config", BASE_AND_HVS_CIFAR)
+def test_dataset_overlays_turn_every_cifar10_recipe_into_a_cifar100_or_stl10_one(config, overlay, tmp_path, monkeypatch):
+    """``--config <method cifar10> --config configs/data/<dataset>.yaml``: the dataset changes, the recipe stays."""
+    import yaml as _yaml
+
+    monkeypatch.chdir(tmp_path)
+    base_file = CONFIGS[0].parent / config
+    cli = build_cli(["--config", str(base_file), "--config", str(CONFIGS[0].parent / "data" / f"{overlay}.yaml")], run=False)
+    base = build_cli(["--config", str(base_file)], run=False)
+    dm, model = cli.datamodule, cli.model
+    assert type(dm).__name__ == {"cifar100": "CIFAR100DataModule", "stl10": "STL10DataModule"}[overlay]
+    assert (dm.batch_size, dm.num_views, dm.num_local_crops) == (base.datamodule.batch_size, base.datamodule.num_views,
+                                                                 base.datamodule.num_local_crops)
+    assert type(model) is type(base.model) and model.base_lr == base.model.base_lr and model.optimizer_name == base.model.optimizer_name
+    assert cli.trainer.logger.name == overlay and cli.trainer.logger.save_dir == base.trainer.logger.save_dir
+    if overlay == "stl10":
+        assert dm.use_unlabeled and dm.image_size == 96 == model.image_size
+        assert dm.view_specs[0].blur_prob > 0 and model.hparams["cifar_stem"] is False
+    else:
+        assert dm.image_size == base.datamodule.image_size and model.hparams["cifar_stem"] == base.model.hparams["cifar_stem"]
+    assert _yaml.safe_load(base_file.read_text())["data"]["class_path"].endswith("CIFAR10DataModule")
+
+
+def test_unlabeled_folder_overlay_trains_an_imagefolder_recipe_on_a_plain_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for i in range(8):
+        d = tmp_path / "pics" / ("2025" if i % 2 else "2026/trip")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((torch.rand(48, 48, 3) * 255).to(torch.uint8).numpy()).save(d / f"p{i}.jpg")
+    args = ["fit", "--config", str(CONFIGS[0].parent / "hvs_simclr_imagefolder.yaml"),
+            "--config", str(CONFIGS[0].parent / "data" / "unlabeled_folder.yaml"), *CPU, "--trainer.fast_dev_run=true",
+            f"--data.init_args.train_dir={tmp_path / 'pics'}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+            "--data.init_args.image_size=32"]
+    cli = build_cli(args)
+    assert type(cli.datamodule).__name__ == "UnlabeledFolderDataModule" and len(cli.datamodule.paths("train")) == 8
+    assert cli.trainer.state.finished
+    with pytest.raises(SystemExit):  # no train_dir: jsonargparse names the missing key
+        build_cli(args[:-4])

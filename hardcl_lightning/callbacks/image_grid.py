@@ -9,6 +9,8 @@ import lightning as L
 import torch
 import torchvision
 
+from hardcl_lightning.runs import run_directory
+
 
 def _to_display(x: torch.Tensor) -> torch.Tensor:
     """Per-image min-max to [0, 1] (views are normalised with dataset statistics)."""
@@ -31,7 +33,7 @@ class HVSImageGrid(L.Callback):
     """Once per epoch: a grid with one row per image, its N candidate views, the selected pair framed.
 
     Written to the logger when it takes images (TensorBoard ``add_image``, Weights & Biases
-    ``log_image``), and always as ``hvs_grid_epoch<E>.png`` in the run's log directory.
+    ``log_image``), and as ``hvs_grid_epoch<E>.png`` in the run's directory (none under ``fast_dev_run``).
 
     Args:
         num_images: rows in the grid.
@@ -59,7 +61,7 @@ class HVSImageGrid(L.Callback):
         selection = getattr(pl_module, "last_selection", None)
         if batch_idx != 0 or not selection:
             return
-        out_dir = _log_dir(trainer)  # on every rank: it is a collective under DDP
+        out_dir = run_directory(trainer)  # on every rank: it is a collective under DDP
         if not trainer.is_global_zero:
             return
         n = pl_module.num_views
@@ -73,7 +75,8 @@ class GeneratedImageGrid(L.Callback):
     For any module with a ``gan`` (``GANPretrain``, the joint methods); for the positive-pair
     methods each latent gives its pair side by side (``G_a(z)``, ``G_b(z)``). The generators run
     in train mode, as in training, without changing their BatchNorm running statistics. Written as
-    ``generated_epoch<E>.png`` in the run's log directory and to the logger when it takes images.
+    ``generated_epoch<E>.png`` in the run's directory (none under ``fast_dev_run``) and to the logger
+    when it takes images.
 
     Args:
         num_images: samples in the grid.
@@ -93,7 +96,7 @@ class GeneratedImageGrid(L.Callback):
         gan = getattr(pl_module, "gan", None)
         if gan is None:
             raise TypeError(f"GeneratedImageGrid needs a module with a 'gan' (GANPretrain or a joint method), got {type(pl_module).__name__}")
-        out_dir = _log_dir(trainer)  # on every rank: it is a collective under DDP
+        out_dir = run_directory(trainer)  # on every rank: it is a collective under DDP
         if not trainer.is_global_zero:
             return
         g = torch.Generator().manual_seed(self.seed)
@@ -109,21 +112,21 @@ class GeneratedImageGrid(L.Callback):
         _write_grid(trainer, out_dir, grid, f"generated_epoch{trainer.current_epoch}.png", "hard/generated_samples", self.saved)
 
 
-def _log_dir(trainer: L.Trainer) -> Path:
-    """The run's log directory. ``trainer.log_dir`` broadcasts from rank 0, so every rank must ask
-    (asking on rank 0 only hangs a DDP run)."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+def _write_grid(trainer: L.Trainer, out_dir: Path | None, grid: torch.Tensor, filename: str, key: str, saved: list[Path]) -> None:
+    """PNG in the run's directory (when it has one), and the logger's image panel when it has one (rank 0 only)."""
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / filename
+        torchvision.utils.save_image(grid, path)
+        saved.append(path)
+    log_image(trainer, key, grid)
 
 
-def _write_grid(trainer: L.Trainer, out_dir: Path, grid: torch.Tensor, filename: str, key: str, saved: list[Path]) -> None:
-    """PNG in the run's log directory, and the logger's image panel when it has one (rank 0 only)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / filename
-    torchvision.utils.save_image(grid, path)
-    saved.append(path)
+def log_image(trainer: L.Trainer, key: str, image: torch.Tensor) -> None:
+    """An image [3, H, W] in [0, 1] to every logger that takes images (TensorBoard, Weights & Biases)."""
     for logger in trainer.loggers:
         exp = getattr(logger, "experiment", None)
         if hasattr(exp, "add_image"):
-            exp.add_image(key, grid, global_step=trainer.global_step)
+            exp.add_image(key, image, global_step=trainer.global_step)
         elif hasattr(logger, "log_image"):
-            logger.log_image(key=key, images=[grid], step=trainer.global_step)
+            logger.log_image(key=key, images=[image], step=trainer.global_step)

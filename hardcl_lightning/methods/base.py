@@ -1,6 +1,6 @@
 """What every method shares: backbone, parameter groups, optimiser/schedule, EMA targets.
 
-The contract that makes hard-sample sources composable (``DESIGN.md``):
+The contract that makes hard-sample sources composable (``docs/architecture.md``):
 
 - ``embed(views) -> list[dict]``: per-view outputs; views of the same resolution go through the
   networks in one batched pass.
@@ -229,9 +229,15 @@ class BaseMethod(ResumableState, L.LightningModule):
         """As validation (``hardcl test`` reports kNN accuracy on the datamodule's test loader)."""
         return self.validation_step(batch, batch_idx)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Backbone features (``hardcl predict``), for batches in validation layout or plain tensors."""
-        return self.backbone(batch["image"] if isinstance(batch, dict) else batch)
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Backbone features of un-augmented images (``hardcl predict``; ``EmbeddingWriter`` writes
+        them), with the batch's labels and dataset indices; a plain tensor batch is images only."""
+        if not isinstance(batch, dict):
+            return {"feats": self.backbone(batch)}
+        out = {"feats": self.backbone(batch["image"]), "labels": batch["label"]}
+        if "index" in batch:
+            out["index"] = batch["index"]
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features: what downstream tasks use."""
@@ -286,6 +292,10 @@ class MomentumMethod(BaseMethod):
     follows a cosine schedule from ``ema_momentum`` to ``ema_momentum_end`` over all optimiser
     steps (BYOL, eq. in sec. 3.2), and the update runs once per optimiser step, so it is right
     under gradient accumulation.
+
+    Args:
+        ema_momentum: EMA momentum of the target networks at the first step.
+        ema_momentum_end: EMA momentum at the last step (cosine schedule from ``ema_momentum``).
     """
 
     def __init__(self, *args: Any, ema_momentum: float = 0.99, ema_momentum_end: float = 1.0, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """Generator-adversarial hard samples (Wu et al., arXiv 2202.06464, AAAI 2023): a reconstruction.
 
 The paper publishes no code and its equations are not available to us. What it states (see
-``DESIGN.md``): a generator is trained *jointly* with the contrastive model in a min-max game to
+``docs/methods.md``): a generator is trained *jointly* with the contrastive model in a min-max game to
 produce samples that are hard for the current model; the main model trains on real plus
 generated data; a generator pre-trained alone does not help; gradients reach the generator
 through differentiable augmentations. Everything else here is our choice, said so where made:
@@ -223,12 +223,19 @@ class GANPretrain(ResumableState, AdversarialTraining, L.LightningModule):
 
     Args:
         image_size: generated image side, 32, 64 or 96 (linked from the datamodule).
-        latent_dim, g_channels, d_channels, diffaugment_policy: the ``GAN``'s.
-        g_lr, d_lr, gan_betas: Adam settings of G and D (SNGAN's 2e-4, betas (0, 0.9)).
+        latent_dim: the generator's latent size.
+        g_channels: the generator's width (DCGAN-style, transposed convolutions).
+        d_channels: the discriminator's width (SNGAN-style, spectral norm).
+        diffaugment_policy: DiffAugment ops (``color``, ``translation``, ``cutout``) before D.
+        g_lr: Adam LR of the generator (SNGAN's 2e-4).
+        d_lr: Adam LR of the discriminator (SNGAN's 2e-4).
+        gan_betas: Adam betas of G and D (SNGAN's (0, 0.9)).
         gan_lr_schedule: ``constant``, ``linear`` or ``cosine`` decay to 0 over training.
-        pixel_mean, pixel_std: normalisation of the datamodule's images (None: the datamodule's).
-        batch_size, num_views: linked from/to the datamodule by the CLI; the GAN uses one view
-            slot only (set ``data.augmentation: none`` to make it cheap).
+        pixel_mean: normalisation mean of the datamodule's images (None: the datamodule's).
+        pixel_std: normalisation std of the datamodule's images (None: the datamodule's).
+        batch_size: linked from the datamodule by the CLI.
+        num_views: linked to the datamodule by the CLI; the GAN uses one view slot only (set
+            ``data.augmentation: none`` to make it cheap).
     """
 
     def __init__(
@@ -287,7 +294,7 @@ class HardSampleMixin(AdversarialTraining):
     """Adds a jointly trained hard-sample generator to a method on the ``embed``/``training_loss``
     contract (see the module docstring for the three steps and which parts are the paper's).
 
-    Args (besides the method's own):
+    Args:
         generator_enabled: False trains the base method alone (the loss is then exactly its loss).
         lambda_syn: weight of the main model's loss on generated views.
         syn_share: generated samples per step as a fraction of the real batch (at least 2).
@@ -298,8 +305,16 @@ class HardSampleMixin(AdversarialTraining):
         joint_start_epoch: epochs of warm-up (GAN trains, main model on real data only) before the game.
         generator_checkpoint: a ``GANPretrain`` (or joint) checkpoint whose G and D start the run;
             read at the start of a fresh fit, not when resuming.
-        latent_dim, g_channels, d_channels, diffaugment_policy, g_lr, d_lr, gan_betas,
-        gan_lr_schedule, pixel_mean, pixel_std: as ``GANPretrain``'s.
+        latent_dim: the generator's latent size (must match ``generator_checkpoint``'s).
+        g_channels: the generator's width (must match ``generator_checkpoint``'s).
+        d_channels: the discriminator's width (must match ``generator_checkpoint``'s).
+        diffaugment_policy: DiffAugment ops applied to real and fake images before D.
+        g_lr: Adam LR of the generator.
+        d_lr: Adam LR of the discriminator.
+        gan_betas: Adam betas of G and D (SNGAN's (0, 0.9)).
+        gan_lr_schedule: ``constant``, ``linear`` or ``cosine`` decay of the GAN LRs to 0.
+        pixel_mean: normalisation mean of the datamodule's images (None: the datamodule's).
+        pixel_std: normalisation std of the datamodule's images (None: the datamodule's).
 
     Generated images get two differentiable views made by the recipe of the datamodule's first
     two view specs (the real views' crop scale, jitter, grayscale, blur, solarize), so real and

@@ -85,7 +85,7 @@ def select_hardest(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Ten
 class HardViewSelectionMixin:
     """Adds hard view selection to a method on the ``embed``/``pair_loss`` contract.
 
-    Args (besides the method's own):
+    Args:
         num_views: N, the candidate views per image (4 in the paper; 8 gave no further gain).
         pair_mode: ``all``, ``cross_stream`` or ``anchor``.
         limit_comparisons: score this many random candidate pairs per step (the same subset on

@@ -1,6 +1,6 @@
 """Hard positive-pair generation and the combined framework (Wu et al., arXiv 2202.06464): a reconstruction.
 
-From the paper (abstract level, ``DESIGN.md``): two generators produce a pair of
+From the paper (abstract level, ``docs/methods.md``): two generators produce a pair of
 similar-but-distinct samples from one latent; each gets two views, four positives per
 generated instance; the pair is made harder by lowering its similarity over training; the
 paper uses this together with generator-adversarial hard samples. Our choices:
@@ -55,13 +55,15 @@ class PositivePairMixin(HardSampleMixin):
     """Adds hard positive-pair generation (and, with ``hard_samples``, the generator-adversarial
     hard samples too) to a method on the contract. See the module docstring for what is ours.
 
-    Args (besides ``HardSampleMixin``'s and the method's own):
+    Args:
         positive_pairs: train on generated positive pairs (False: only the hard-sample branch, if on).
         hard_samples: also run the generator-adversarial hard-sample branch (the combined framework).
         lambda_pos: weight of the main model's multi-positive loss on generated pairs.
         pos_share: generated pairs per step, as a fraction of the real batch (at least 2).
-        sim_start, sim_end, sim_schedule: the target pair similarity, from start to end over the
-            joint epochs (``linear``, ``cosine``; ``constant`` holds ``sim_end``).
+        sim_start: target cosine similarity of a generated pair when the joint game starts.
+        sim_end: target similarity at the end of training (the pairs get harder as it falls).
+        sim_schedule: ``linear`` or ``cosine`` from ``sim_start`` to ``sim_end`` over the joint
+            epochs; ``constant`` holds ``sim_end``.
         sim_space: ``embedding`` (main model's backbone features) or ``pixel``.
         lambda_pair: weight of the generators' penalty ``(sim - target)^2``.
         lambda_pos_hard: weight of the generators' hardness term (they maximise the main model's

@@ -1,0 +1,91 @@
+"""One line of progress per epoch (and every few seconds within one) for runs without a progress bar."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(max(0.0, seconds)))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLine(L.Callback):
+    """Prints ``epoch 3/10 | loss 4.1234 | 412 img/s | 1:05 elapsed | ~2:31 left``.
+
+    At the end of every training epoch (after its validation, so kNN time is counted), and within
+    an epoch at most every ``every_n_seconds`` (0: epoch lines only). The loss is the mean training
+    loss of the batches since the last line; images/s counts the images of all ranks over training
+    batches only; time left is the mean wall time of the epochs so far (validation included) times
+    the epochs still to run, plus the rest of the current one.
+
+    Args:
+        every_n_seconds: seconds between lines within an epoch; 0 prints one line per epoch.
+    """
+
+    def __init__(self, every_n_seconds: float = 30.0) -> None:
+        super().__init__()
+        if every_n_seconds < 0:
+            raise ValueError(f"every_n_seconds must be >= 0, got {every_n_seconds}")
+        self.every_n_seconds = every_n_seconds
+        self._fit_start = self._epoch_start = self._last_line = self._batch_start = 0.0
+        self._epoch_seconds: list[float] = []
+        self._loss_sum, self._loss_count = 0.0, 0
+        self._images, self._train_seconds = 0, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        self._epoch_seconds = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = self._last_line = time.perf_counter()
+        self._images, self._train_seconds = 0, 0.0
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._train_seconds += now - self._batch_start
+        if isinstance(batch, dict):  # pre-training batches carry "views", linear evaluation's "image"
+            images = batch["views"][0] if batch.get("views") else batch.get("image")
+            if images is not None:
+                self._images += int(images.shape[0]) * trainer.world_size
+        loss = outputs.get("loss") if isinstance(outputs, dict) else None
+        if loss is None:  # manual optimisation (generator methods) returns nothing: take the logged value
+            loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:  # summed on the device: no host sync per step
+            self._loss_sum = self._loss_sum + loss.detach().float()
+            self._loss_count += 1
+        done, total = batch_idx + 1, trainer.num_training_batches
+        if self.every_n_seconds and now - self._last_line >= self.every_n_seconds and done != total:
+            epoch_left = (total - done) * (now - self._epoch_start) / done if total != float("inf") else 0.0
+            self._print(trainer, f"step {done}/{total}", now, epoch_left)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.perf_counter()
+        self._epoch_seconds.append(now - self._epoch_start)
+        self._print(trainer, "", now, 0.0)
+
+    def _print(self, trainer: L.Trainer, where: str, now: float, epoch_left: float) -> None:
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        parts = [f"epoch {trainer.current_epoch + 1}" + (f"/{epochs}" if epochs else "") + (f" {where}" if where else "")]
+        if self._loss_count:
+            parts.append(f"loss {float(self._loss_sum) / self._loss_count:.4f}")
+        if self._train_seconds > 0 and self._images:
+            parts.append(f"{self._images / self._train_seconds:.0f} img/s")
+        parts.append(f"{_clock(now - self._fit_start)} elapsed")
+        if epochs:
+            # before the first epoch ends, this epoch's projected length stands in for the mean
+            mean_epoch = sum(self._epoch_seconds) / len(self._epoch_seconds) if self._epoch_seconds else now - self._epoch_start + epoch_left
+            later = epochs - trainer.current_epoch - 1
+            parts.append(f"~{_clock(epoch_left + later * mean_epoch)} left")
+        rank_zero_info(" | ".join(parts))
+        self._last_line = now
+        self._loss_sum, self._loss_count = 0.0, 0
