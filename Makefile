@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install quickstart test benchmark clean
+.PHONY: install quickstart test benchmark notebooks clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: install
 
 benchmark: install
 	$(BIN)/python benchmarks/throughput.py
+
+notebooks: install
+	$(BIN)/python scripts/execute_notebooks.py
 
 clean:
 	rm -rf $(VENV) lightning_logs runs .pytest_cache

@@ -20,10 +20,10 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # imported so that ``--help`` lists them as known subclasses and ``--model.help HVSDINO`` finds them
-import hardcl_lightning.callbacks  # noqa: F401
 import hardcl_lightning.evaluation  # noqa: F401
 import hardcl_lightning.methods  # noqa: F401
-from hardcl_lightning.checkpointing import install_atomic_checkpoint_io, SignalCheckpoint, continue_loggers, find_resumable_checkpoint
+from hardcl_lightning.callbacks import EmbeddingWriter
+from hardcl_lightning.checkpointing import SignalCheckpoint, continue_loggers, find_resumable_checkpoint, install_atomic_checkpoint_io
 from hardcl_lightning.data.datamodules import SSLDataModule
 from hardcl_lightning.quiet import replace_model_summary, silence_known_noise
 from hardcl_lightning.runs import SaveConfigToRunDirectory
@@ -51,8 +51,6 @@ class HardCLCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """``hardcl predict`` writes its embeddings to files (``EmbeddingWriter``) unless a config has its own writer."""
-        from hardcl_lightning.callbacks import EmbeddingWriter
-
         if not any(isinstance(cb, EmbeddingWriter) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(EmbeddingWriter())
 

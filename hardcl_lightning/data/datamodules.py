@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from hardcl_lightning.checkpointing import ignore_stop_signals_in_worker
 from hardcl_lightning.data.procedural import ShapesDataset
@@ -427,7 +428,7 @@ class STL10DataModule(_TorchvisionDataModule):
         return 10
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)  # torchvision's: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp
 
 
 class CheckedImages(Dataset):
