@@ -275,3 +275,38 @@ def test_unlabeled_folder_bank_and_queries_come_from_the_labelled_folders(tmp_pa
                                            bank_dir=str(tmp_path / "other"), batch_size=4, num_workers=0)
     with pytest.raises(ValueError, match="same class folders"):
         mismatched.setup()
+
+
+class _Draws(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+
+        return torch.tensor([torch.rand(()).item(), random.random(), float(np.random.rand())])
+
+
+def test_workers_are_seeded_as_lightning_seeds_them_and_ignore_stop_signals(monkeypatch):
+    """Our worker_init_fn replaces Lightning's automatic one, so it must seed the same streams
+    (torch, random, numpy per worker and rank) and then shield the worker from stop signals."""
+    from functools import partial
+
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    from hardcl_lightning.data.datamodules import init_worker
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+
+    def draws(fn):
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(_Draws(), batch_size=1, num_workers=2, worker_init_fn=fn)
+        return torch.cat(list(loader))
+
+    ours, lightnings = draws(init_worker), draws(partial(pl_worker_init_function, rank=0))
+    assert torch.equal(ours, lightnings)
+    assert not torch.equal(ours[0], ours[1])  # the two workers draw different streams
+    dm = ShapesDataModule(num_train=32, num_val=16, batch_size=8, num_workers=2)
+    assert dm.train_dataloader().worker_init_fn is init_worker

@@ -20,8 +20,8 @@ class ProgressLine(L.Callback):
 
     At the end of every training epoch (after its validation, so kNN time is counted), and within
     an epoch at most every ``every_n_seconds`` (0: epoch lines only). The loss is the mean training
-    loss of the batches since the last line; images/s counts the images of all ranks over training
-    batches only; time left is the mean wall time of the epochs so far (validation included) times
+    loss of the batches since the last line; images/s counts the images of all ranks over the wall
+    time of the training batches, waiting for data included (validation excluded); time left is the mean wall time of the epochs so far (validation included) times
     the epochs still to run, plus the rest of the current one.
 
     Args:
@@ -33,7 +33,7 @@ class ProgressLine(L.Callback):
         if every_n_seconds < 0:
             raise ValueError(f"every_n_seconds must be >= 0, got {every_n_seconds}")
         self.every_n_seconds = every_n_seconds
-        self._fit_start = self._epoch_start = self._last_line = self._batch_start = 0.0
+        self._fit_start = self._epoch_start = self._last_line = self._last_batch_end = 0.0
         self._epoch_seconds: list[float] = []
         self._loss_sum, self._loss_count = 0.0, 0
         self._images, self._train_seconds = 0, 0.0
@@ -43,16 +43,14 @@ class ProgressLine(L.Callback):
         self._epoch_seconds = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = self._last_line = time.perf_counter()
+        self._epoch_start = self._last_line = self._last_batch_end = time.perf_counter()
         self._images, self._train_seconds = 0, 0.0
         self._loss_sum, self._loss_count = 0.0, 0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._batch_start = time.perf_counter()
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
-        self._train_seconds += now - self._batch_start
+        self._train_seconds += now - self._last_batch_end  # since the previous batch: its data loading included
+        self._last_batch_end = now
         if isinstance(batch, dict):  # pre-training batches carry "views", linear evaluation's "image"
             images = batch["views"][0] if batch.get("views") else batch.get("image")
             if images is not None:

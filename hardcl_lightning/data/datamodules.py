@@ -204,8 +204,7 @@ class SSLDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            # a stop signal sent to the job's process group is the main process's to handle (it checkpoints first)
-            worker_init_fn=ignore_stop_signals_in_worker if self.num_workers > 0 else None,
+            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_transform(self) -> MultiViewTransform:
@@ -253,6 +252,23 @@ class SSLDataModule(L.LightningDataModule):
         """The un-augmented training set for the kNN bank (labels needed)."""
         self.setup()
         return self._loader(EvalDataset(self._train, self.eval_transform()), shuffle=False, drop_last=False)
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of every datamodule loader.
+
+    1. The RNG seeding Lightning would have installed (``pl_worker_init_function``, when the run
+       was seeded with ``seed_everything(workers=True)`` as the CLI does): each worker of each rank
+       draws its own torch / numpy / random streams. Lightning adds it only to loaders without a
+       ``worker_init_fn``, so ours must call it.
+    2. ``ignore_stop_signals_in_worker``: a stop signal sent to the job's process group is the main
+       process's to handle (it checkpoints first, then ends its workers).
+    """
+    if os.environ.get("PL_SEED_WORKERS", "0") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+    ignore_stop_signals_in_worker(worker_id)
 
 
 def _paths(ds: Dataset | None) -> list[str] | None:
