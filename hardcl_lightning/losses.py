@@ -40,22 +40,34 @@ def reweighted_negatives_loss(
     2021, eq. 4 (``hardness_beta``: negatives weighted by exp(beta * q.n / T), normalised to mean 1):
     ``Ng = max((sum_i w_i e^{l_i} - tau+ M e^{l+}) / (1 - tau+), M e^{-1/T})``,
     ``loss = -log(e^{l+} / (e^{l+} + Ng))``. With ``tau_plus = hardness_beta = 0`` this is InfoNCE.
-    ``neg_logits`` [A, M] are similarities / T; entries set to -inf are not negatives.
+    ``neg_logits`` [A, M] are similarities / T; entries set to -inf are not negatives. M counts
+    every finite entry of a row: with MoCHi's synthetic negatives appended (``info_nce``'s
+    ``extra_negative_logits``) that is K queue keys + s + s' mixed points, so the false-negative
+    prior ``tau_plus`` is applied to the synthetic points as to the keys.
+
+    Computed in log space (logsumexp; ``log(a - b)`` as ``log a + log(-expm1(log b - log a))``):
+    at T = 0.005 the logits reach 200, where ``exp`` overflows float32.
     """
     if not 0 <= tau_plus < 1:
         raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
     if hardness_beta < 0:
         raise ValueError(f"hardness_beta must be >= 0, got {hardness_beta}")
-    valid = torch.isfinite(neg_logits)
-    m = valid.sum(dim=1).to(neg_logits.dtype)
-    if hardness_beta > 0:
-        weights = torch.softmax(hardness_beta * neg_logits, dim=1) * m.unsqueeze(1)
+    log_m = torch.isfinite(neg_logits).sum(dim=1).to(neg_logits.dtype).log()
+    if hardness_beta > 0:  # log w_i = log(M softmax(beta l)_i)
+        log_weights = torch.log_softmax(hardness_beta * neg_logits, dim=1) + log_m.unsqueeze(1)
+        log_sum = torch.logsumexp(log_weights + neg_logits, dim=1)
     else:
-        weights = valid.to(neg_logits.dtype)
-    reweighted = (weights * neg_logits.exp()).sum(dim=1)
-    ng = (reweighted - tau_plus * m * pos_logit.exp()) / (1 - tau_plus)
-    ng = torch.maximum(ng, m * math.exp(-1 / temperature))
-    return torch.log(pos_logit.exp() + ng) - pos_logit
+        log_sum = torch.logsumexp(neg_logits, dim=1)
+    floor = log_m - 1 / temperature  # log(M e^{-1/T})
+    if tau_plus > 0:
+        gap = pos_logit + math.log(tau_plus) + log_m - log_sum  # log(tau+ M e^{l+} / sum)
+        below = gap < 0  # where the debiased sum is positive; elsewhere the floor holds
+        safe_gap = torch.where(below, gap, torch.full_like(gap, -1.0))  # no inf/nan gradient on the other branch
+        debiased = log_sum + torch.log(-torch.expm1(safe_gap)) - math.log1p(-tau_plus)
+        log_ng = torch.maximum(torch.where(below, debiased, torch.full_like(debiased, -math.inf)), floor)
+    else:
+        log_ng = torch.maximum(log_sum, floor)
+    return torch.logaddexp(pos_logit, log_ng) - pos_logit
 
 
 def nt_xent(

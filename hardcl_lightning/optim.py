@@ -3,6 +3,8 @@
 - ``LARS`` (You et al. 2017): SGD with momentum whose per-layer step is scaled by the trust
   ratio ``eta * ||w|| / (||g|| + wd * ||w||)``. Parameter groups flagged ``lars_exclude``
   (biases and norm layers) get neither the adaptation nor weight decay, as in SimCLR/BYOL.
+  With ``clip_lr`` a layer's LR is ``min(trust, lr)`` instead of ``lr * trust`` (LARC's
+  clipping mode; solo-learn's ``clip_lr``, which its CIFAR SimCLR, BYOL and DINO recipes set).
 - ``warmup_cosine``: linear warm-up then cosine decay, stepped per optimiser step.
 - ``split_decay_groups``: splits parameters into decay / no-decay groups.
 """
@@ -91,7 +93,8 @@ def split_decay_groups(module: nn.Module, **group_options) -> list[dict]:
 
 
 def build_optimizer(
-    name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9, lars_eta: float = 0.02
+    name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9, lars_eta: float = 0.02,
+    lars_clip_lr: bool = False,
 ) -> torch.optim.Optimizer:
     """Build one of ``OPTIMIZERS``. Groups may carry their own ``weight_decay``/``lr`` overrides
     and flags (``lars_exclude``, ``fixed_lr``) that torch keeps in the param group for LARS and
@@ -102,7 +105,7 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip_lr=lars_clip_lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")

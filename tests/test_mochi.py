@@ -171,3 +171,33 @@ def test_closed_form_logits_equal_dot_products_with_built_synthetic_points():
     g_ref, = torch.autograd.grad((ref * w).sum(), q)
     g_got, = torch.autograd.grad((got * w).sum(), q)
     assert torch.allclose(g_got, g_ref, atol=1e-5)  # same gradient: synthetic points are constants
+
+
+@pytest.mark.parametrize("t", [0.005, 0.01, 0.05, 0.2, 0.5])
+@pytest.mark.parametrize("tau_plus, beta", [(0.1, 0.0), (0.0, 1.0), (0.1, 1.0)])
+def test_dcl_and_hcl_stay_finite_and_exact_at_low_temperature(t, tau_plus, beta):
+    """float32 in log space equals the float64 hand-written formula down to T=0.005 (exp(1/T) overflows float32)."""
+    g = torch.Generator().manual_seed(5)
+    pos = torch.rand(8, generator=g) * 1.8 - 0.9
+    negs = torch.rand(8, 12, generator=g) * 1.8 - 0.9
+    negs[0, :4] = pos[0] + 0.05  # some negatives more similar than the positive
+    pos_l = (pos / t).float().requires_grad_()
+    got = reweighted_negatives_loss(pos_l, (negs / t).float(), t, tau_plus, beta)
+    assert torch.isfinite(got).all()
+    ref = naive_dcl_hcl(pos.double(), negs.double(), t, tau_plus, beta).double()
+    assert torch.allclose(got.double(), ref, rtol=1e-4, atol=1e-3), (got, ref)
+    got.sum().backward()
+    assert torch.isfinite(pos_l.grad).all()
+
+
+def test_dcl_negative_count_includes_mochis_synthetic_negatives():
+    """With MoCHi's synthetic logits appended, M = K queue keys + the synthetic points."""
+    g = torch.Generator().manual_seed(6)
+    q, k, queue = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(10, 8, generator=g)
+    synthetic = F.normalize(torch.randn(4, 3, 8, generator=g), dim=2)
+    qn, kn, bank = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)
+    extra = (qn.unsqueeze(1) * synthetic).sum(-1) / 0.2
+    got = info_nce(q, k, queue, 0.2, reduction="none", extra_negative_logits=extra, tau_plus=0.1)
+    negs = torch.cat([qn @ bank.T, extra * 0.2], dim=1)  # 13 negatives per query
+    assert negs.shape[1] == 13
+    assert torch.allclose(got.double(), naive_dcl_hcl((qn * kn).sum(1), negs, 0.2, 0.1, 0.0).double(), atol=1e-5)

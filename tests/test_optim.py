@@ -42,3 +42,33 @@ def test_lars_step_hand_computed():
 def test_unknown_optimizer_names_choices():
     with pytest.raises(ValueError, match=r"'adam'.*lars"):
         build_optimizer("adam", [{"params": [torch.nn.Parameter(torch.ones(1))]}], 0.1, 0.0)
+
+
+def test_lars_with_clipping_equals_a_hand_written_clipped_step():
+    """solo-learn's clip_lr (LARC's clipping): a layer's LR is min(trust, lr), not lr * trust."""
+    for lr, g_scale in [(0.4, 1.0), (0.05, 1.0), (0.4, 1e-4)]:  # trust < lr, trust > lr, trust >> lr
+        w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # |w| = 5
+        g = torch.tensor([0.6, 0.8]) * g_scale
+        w.grad = g.clone()
+        opt = LARS([{"params": [w]}], lr=lr, momentum=0.9, weight_decay=1e-4, eta=0.02, clip_lr=True)
+        opt.step()
+        trust = 0.02 * 5 / (float(g.norm()) + 1e-4 * 5)
+        layer_lr = min(trust, lr)
+        expected = torch.tensor([3.0, 4.0]) - layer_lr * (g + 1e-4 * torch.tensor([3.0, 4.0]))
+        assert torch.allclose(w.detach(), expected, atol=1e-7), (lr, g_scale)
+
+
+def test_lars_clip_lr_reaches_the_optimizer_from_the_method_and_the_solo_learn_configs():
+    from pathlib import Path
+
+    import yaml
+
+    from hardcl_lightning.methods import SimCLR
+
+    m = SimCLR(backbone="resnet_tiny", optimizer="lars", lars_clip_lr=True, scale_lr=False)
+    opt = build_optimizer(m.optimizer_name, m.param_groups(), 0.4, m.weight_decay, lars_clip_lr=m.lars_clip_lr)
+    assert all(g["clip_lr"] for g in opt.param_groups)
+    configs = Path(__file__).parents[1] / "configs"
+    for name in ("simclr_cifar10", "byol_cifar10", "dino_cifar10", "hvs_simclr", "hvs_byol", "hvs_dino"):
+        args = yaml.safe_load((configs / f"{name}.yaml").read_text())["model"]["init_args"]
+        assert args["optimizer"] == "lars" and args["lars_clip_lr"] is True, name

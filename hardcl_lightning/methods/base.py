@@ -62,6 +62,8 @@ class BaseMethod(ResumableState, L.LightningModule):
         weight_decay: weight decay of weights (biases and norm parameters get none).
         momentum: SGD/LARS momentum.
         lars_eta: LARS trust coefficient.
+        lars_clip_lr: each layer's LARS LR is ``min(trust ratio, lr)`` instead of ``lr`` x trust
+            ratio (LARC's clipping; solo-learn's ``clip_lr``, set in its CIFAR SimCLR, BYOL, DINO).
         warmup_epochs: linear warm-up length, then cosine decay to ``min_lr_ratio`` x lr.
         min_lr_ratio: final LR as a fraction of the peak.
         on_nonfinite_loss: ``raise`` stops training with an error naming the step and the loss
@@ -87,6 +89,7 @@ class BaseMethod(ResumableState, L.LightningModule):
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
         lars_eta: float = 0.02,
+        lars_clip_lr: bool = False,
         warmup_epochs: float = 10.0,
         min_lr_ratio: float = 0.0,
         on_nonfinite_loss: str = "raise",
@@ -111,7 +114,7 @@ class BaseMethod(ResumableState, L.LightningModule):
             backbone, cifar_stem=cifar_stem, image_size=image_size, **(backbone_kwargs or {})
         )
         self.optimizer_name, self.base_lr, self.scale_lr = optimizer, lr, scale_lr
-        self.weight_decay, self.sgd_momentum, self.lars_eta = weight_decay, momentum, lars_eta
+        self.weight_decay, self.sgd_momentum, self.lars_eta, self.lars_clip_lr = weight_decay, momentum, lars_eta, lars_clip_lr
         self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
         self.num_views, self.batch_size, self.image_size = num_views, batch_size, image_size
         self.channels_last, self.compile_backend = channels_last, compile_backend
@@ -276,7 +279,8 @@ class BaseMethod(ResumableState, L.LightningModule):
 
     def configure_optimizers(self):
         lr = self.effective_lr
-        opt = build_optimizer(self.optimizer_name, self.param_groups(), lr, self.weight_decay, self.sgd_momentum, self.lars_eta)
+        opt = build_optimizer(self.optimizer_name, self.param_groups(), lr, self.weight_decay, self.sgd_momentum, self.lars_eta,
+                              self.lars_clip_lr)
         spe, total = self.steps_per_epoch_and_total()
         warmup = int(round(self.warmup_epochs * spe))
         schedule = lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)  # noqa: E731
