@@ -1,4 +1,9 @@
-"""Shared benchmark helpers: the real CIFAR-10 from ../shared, timing callback, method registry."""
+"""Shared benchmark helpers: the real CIFAR-10 archive, timing callback, method registry.
+
+Real CIFAR-10 is read from ``data/cifar10-jpg.tar.gz`` in the checkout (git-ignored; ImageFolder
+layout ``cifar10/{train,test}/<class>/*.jpg`` inside) or from ``$HARDCL_CIFAR10_TAR``; without it the
+benchmarks skip their real-data rows.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import lightning as L
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_TAR = Path(os.environ.get("HARDCL_CIFAR10_TAR", REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"))
+CIFAR_TAR = Path(os.environ.get("HARDCL_CIFAR10_TAR", REPO / "data" / "cifar10-jpg.tar.gz"))
 CACHE = Path(os.environ.get("HARDCL_BENCH_CACHE", REPO / "benchmarks" / "out"))
 
 
@@ -25,7 +30,7 @@ def cifar10_root() -> Path | None:
     if (root / "train").is_dir() and (root / "test").is_dir():
         return root
     if not CIFAR_TAR.is_file():
-        print(f"[skip] real CIFAR-10 not found at {CIFAR_TAR} (set HARDCL_CIFAR10_TAR); embedded dataset only")
+        print(f"[skip] real CIFAR-10 not found at {CIFAR_TAR} (put cifar10-jpg.tar.gz there or set HARDCL_CIFAR10_TAR); embedded dataset only")
         return None
     CACHE.mkdir(parents=True, exist_ok=True)
     print(f"extracting {CIFAR_TAR} -> {CACHE} (once)", flush=True)

@@ -12,7 +12,7 @@ per training batch and its ratio to SimCLR's; per epoch, the ratio of the main m
 generated vs real views at equal batch size (``hard/gen_loss_ratio``: generated samples should
 become harder relative to real ones) and the pair similarity, target vs achieved.
 
-Real CIFAR-10 (``../shared/data/cifar10-jpg.tar.gz``, ImageFolder inside) is used when present
+Real CIFAR-10 (``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``), ImageFolder inside) is used when present
 at ``--cifar-fractions`` of its 50k training images (test set for kNN), else skipped.
 """
 

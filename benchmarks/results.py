@@ -5,7 +5,7 @@
 
 Each method runs ``configs/tiny/<method>.yaml`` (tiny ResNet, its own augmentation recipe and
 optimiser) on a class-balanced ``--fraction`` of CIFAR-10's 50k training images from
-``../shared/data/cifar10-jpg.tar.gz`` (ImageFolder inside; skipped cleanly when absent), for
+``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``) (ImageFolder inside; skipped cleanly when absent), for
 ``--epochs`` epochs, seed 0, each in its own process. Reported: weighted kNN top-1 (k=200,
 T=0.07; bank = the training subset, queries = the 10k test images) before training and at the
 end; linear top-1 (``linear_accuracy_on_features``: logistic regression on frozen, un-augmented
