@@ -95,3 +95,34 @@ def test_progress_line_reports_the_mean_loss_images_and_time_left(tmp_path, capl
     assert parsed[-1].group(5) == "0:00"  # nothing left after the last epoch
     with pytest.raises(ValueError, match="every_n_seconds"):
         ProgressLine(every_n_seconds=-1)
+
+
+def test_probe_and_knn_say_why_they_are_off_for_unlabeled_images(tmp_path, caplog, image_folder):
+    import logging
+
+    from PIL import Image
+
+    from hardcl_lightning.data import ImageFolderDataModule, UnlabeledFolderDataModule
+
+    (tmp_path / "mine").mkdir()
+    for i in range(4):
+        Image.fromarray((torch.rand(20, 20, 3) * 255).to(torch.uint8).numpy()).save(tmp_path / "mine" / f"{i}.png")
+    cases = [
+        (UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), batch_size=2), "training images have no labels",
+         "set val_dir and bank_dir"),
+        (UnlabeledFolderDataModule(train_dir=str(tmp_path / "mine"), val_dir=str(image_folder / "val"),
+                                   bank_dir=str(image_folder / "train"), batch_size=2), "training images have no labels", None),
+        (ImageFolderDataModule(train_dir=str(image_folder / "train"), batch_size=2), "no labelled validation set",
+         "no labelled validation set"),
+    ]
+    for dm, probe_says, knn_says in cases:
+        dm.setup()
+        trainer = type("T", (), {"datamodule": dm})()
+        probe, knn = OnlineLinearProbe(), OnlineKNN()
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            probe.setup(trainer, None, "fit")
+            knn_on = knn._check_data(trainer)
+        text = caplog.text
+        assert not probe.enabled and probe_says in text
+        assert knn_on == (knn_says is None) and (knn_says is None or knn_says in text)

@@ -151,7 +151,7 @@ class EmbeddingWriter(L.Callback):
             path = directory / f"embeddings_{name}.png"
             path.write_bytes(png)
             self.written[name] = path
-            image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))).permute(2, 0, 1).float() / 255
+            image = torch.from_numpy(np.array(Image.open(io.BytesIO(png)).convert("RGB"))).permute(2, 0, 1).float() / 255
             log_image(trainer, f"predict/embeddings_{name}", image)
 
 

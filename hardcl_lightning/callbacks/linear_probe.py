@@ -46,8 +46,12 @@ class OnlineLinearProbe(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
-        if dm is None or not getattr(dm, "has_train_labels", getattr(dm, "has_labels", True)) or not hasattr(dm, "num_classes"):
-            reason = getattr(dm, "evaluation_off_reason", "the datamodule has no labelled validation set")
+        labelled = getattr(dm, "has_labels", True) and getattr(dm, "has_train_labels", True)  # a val set, and labelled views
+        if dm is None or not labelled or not hasattr(dm, "num_classes"):
+            if getattr(dm, "has_train_labels", True) is False:  # the probe learns from labelled training views
+                reason = f"{type(dm).__name__}'s training images have no labels"
+            else:
+                reason = getattr(dm, "evaluation_off_reason", "the datamodule has no labelled validation set")
             rank_zero_info(f"OnlineLinearProbe: off ({reason})")
             self.enabled = False
             return
