@@ -75,3 +75,35 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x / dist.get_world_size()
+
+
+@torch.no_grad()
+def shuffled_batch_forward(fn, x: torch.Tensor, groups: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``fn(x)`` with BatchNorm statistics from a random sub-batch: MoCo's shuffle-BN (He et al. 2020, sec. 3.3).
+
+    Under DDP (more than one rank), as ``facebookresearch/moco``'s ``_batch_shuffle_ddp``: the
+    global batch is gathered, permuted (rank 0 draws the permutation and broadcasts it), each rank
+    runs ``fn`` on its slice of the shuffled batch, and the outputs are gathered and put back in
+    order, so a sample's key is normalised with statistics of other samples than its query.
+    On one process the batch is permuted and ``fn`` runs on ``groups`` sub-batches (sizes differ
+    by at most one, at least 2 samples each; the single-device equivalent, ``groups`` = the GPUs the statistics would be
+    split over: 8 in the paper).
+    No gradient (keys are targets). ``generator`` draws the permutation (tests).
+    """
+    if is_dist() and dist.get_world_size() > 1:
+        world, r, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
+        x_all = gather_no_grad(x)
+        if x_all.shape[0] != world * b:
+            raise ValueError(f"shuffle-BN needs the same batch on every rank; got {x_all.shape[0]} rows over {world} ranks of {b}")
+        perm = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
+        dist.broadcast(perm, src=0)
+        out = gather_no_grad(fn(x_all[perm[r * b:(r + 1) * b]]))
+        return out[torch.argsort(perm)][r * b:(r + 1) * b]
+    if groups < 1:
+        raise ValueError(f"shuffle-BN needs groups >= 1, got {groups}")
+    groups = max(1, min(groups, x.shape[0] // 2))  # BatchNorm needs 2 samples a sub-batch
+    if groups == 1:
+        return fn(x)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    out = torch.cat([fn(chunk) for chunk in x[perm].tensor_split(groups)])  # a few sub-batches, not samples
+    return out[torch.argsort(perm)]

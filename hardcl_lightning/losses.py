@@ -164,6 +164,7 @@ def info_nce(
     tau_plus: float = 0.0,
     hardness_beta: float = 0.0,
     negative_similarities: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE with an explicit negative bank (MoCo, He et al. 2020, eq. 1).
 
@@ -172,7 +173,8 @@ def info_nce(
     synthetic negatives. Inputs are L2-normalised here. ``tau_plus`` / ``hardness_beta``
     switch to DCL / HCL (``reweighted_negatives_loss``). ``negative_similarities`` [B, K]
     (cosines of the normalised query with the bank, carrying the query's gradient) replaces the
-    ``q @ negatives.T`` product when the caller has already computed it.
+    ``q @ negatives.T`` product when the caller has already computed it. ``negative_mask`` [B, K]:
+    True where a bank entry is not a negative of that query (e.g. a key of its own image).
     """
     with torch.autocast(device_type=query.device.type, enabled=False):
         q = F.normalize(query.float(), dim=1)
@@ -182,7 +184,10 @@ def info_nce(
             if negatives is None:
                 raise ValueError("info_nce needs negatives or negative_similarities")
             negative_similarities = q @ F.normalize(negatives.float(), dim=1).T
-        logits = torch.cat([pos, negative_similarities.float() / temperature], dim=1)
+        negative_logits = negative_similarities.float() / temperature
+        if negative_mask is not None:
+            negative_logits = negative_logits.masked_fill(negative_mask, -math.inf)
+        logits = torch.cat([pos, negative_logits], dim=1)
         if extra_negative_logits is not None:
             logits = torch.cat([logits, extra_negative_logits.float()], dim=1)
         if tau_plus == 0 and hardness_beta == 0:

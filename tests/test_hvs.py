@@ -179,4 +179,5 @@ def test_training_forward_reuses_the_scoring_pass_target_outputs(cls):
     key = m.target_keys[0]
     for r, f in zip(reused, fresh):
         assert torch.allclose(r[key], f[key], atol=1e-5)
-    assert m.embed(chosen) and len(calls) == 3  # the stash is used once; later calls compute their own
+    per_embed = len(m.view_groups(chosen))  # target forwards of one embed: 1 batched, 2 per view
+    assert m.embed(chosen) and len(calls) == 1 + 2 * per_embed  # the stash is used once; later calls compute their own

@@ -3,7 +3,8 @@
 The contract that makes hard-sample sources composable (``docs/architecture.md``):
 
 - ``embed(views) -> list[dict]``: per-view outputs; views of the same resolution go through the
-  networks in one batched pass.
+  networks in one batched pass (``view_forward="batched"``) or one pass each (``"per_view"``:
+  BatchNorm statistics per view, as the official BYOL, SimSiam and MoCo code computes them).
 - ``pair_loss(out_a, out_b) -> Tensor[B]``: the per-sample loss of one pair of views, whose
   batch mean is what training minimises for that pair.
 
@@ -28,6 +29,7 @@ from hardcl_lightning.checkpointing import ResumableState
 from hardcl_lightning.optim import OPTIMIZERS, build_optimizer, cosine_schedule, split_decay_groups, warmup_cosine
 
 ViewOutputs = dict[str, torch.Tensor]
+VIEW_FORWARDS = ("batched", "per_view")
 
 
 def _to_channels_last(_module: nn.Module, args: tuple) -> tuple:
@@ -73,6 +75,11 @@ class BaseMethod(ResumableState, L.LightningModule):
             (faster convolutions on tensor-core GPUs under mixed precision).
         compile_backend: ``torch.compile`` the backbone with this backend (``inductor`` on GPUs;
             ``eager`` to debug); compiled in place, so checkpoints keep their keys. None: off.
+        view_forward: ``batched``: the training views of one resolution share one forward, so
+            BatchNorm's batch statistics mix the views (SimCLR's official code, DINO's backbone);
+            ``per_view``: each view its own forward, its own statistics (the official BYOL,
+            SimSiam and MoCo code). Each method's default follows its official code. HVS's
+            scoring pass is always one batched forward of all candidates, as the authors' is.
     """
 
     def __init__(
@@ -95,8 +102,12 @@ class BaseMethod(ResumableState, L.LightningModule):
         on_nonfinite_loss: str = "raise",
         channels_last: bool = False,
         compile_backend: str | None = None,
+        view_forward: str = "batched",
     ) -> None:
         super().__init__()
+        if view_forward not in VIEW_FORWARDS:
+            raise ValueError(f"view_forward must be one of {list(VIEW_FORWARDS)}, got {view_forward!r}")
+        self.view_forward = view_forward
         if on_nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}")
         self.on_nonfinite_loss = on_nonfinite_loss
@@ -151,18 +162,26 @@ class BaseMethod(ResumableState, L.LightningModule):
         """The outputs of ``embed_batch`` without the ``target_keys`` (same as it, for methods without targets)."""
         return self.embed_batch(x)
 
-    def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[ViewOutputs]:
-        """Embed each view; views of equal shape share one batched forward.
-
-        ``targets=False`` skips the target networks (``embed_online``); the caller supplies them.
-        """
+    def view_groups(self, views: Sequence[torch.Tensor], batched: bool | None = None) -> list[list[int]]:
+        """Indices of the views that share a forward: equal shapes together (``batched``, default
+        from ``view_forward``), or each view alone."""
+        if not (self.view_forward == "batched" if batched is None else batched):
+            return [[i] for i in range(len(views))]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, v in enumerate(views):
             by_shape[tuple(v.shape)].append(i)
+        return list(by_shape.values())
+
+    def embed(self, views: Sequence[torch.Tensor], targets: bool = True, batched: bool | None = None) -> list[ViewOutputs]:
+        """Embed each view, in the forwards ``view_groups`` gives (``batched=True``: one forward per
+        resolution whatever ``view_forward`` says, e.g. for HVS's scoring pass).
+
+        ``targets=False`` skips the target networks (``embed_online``); the caller supplies them.
+        """
         outs: list[ViewOutputs | None] = [None] * len(views)
         forward = self.embed_batch if targets else self.embed_online
-        for idxs in by_shape.values():
-            batch_out = forward(torch.cat([views[i] for i in idxs]))
+        for idxs in self.view_groups(views, batched):
+            batch_out = forward(torch.cat([views[i] for i in idxs]) if len(idxs) > 1 else views[idxs[0]])
             chunks = {k: t.chunk(len(idxs)) for k, t in batch_out.items()}
             for j, i in enumerate(idxs):
                 outs[i] = {k: c[j] for k, c in chunks.items()}
@@ -186,8 +205,23 @@ class BaseMethod(ResumableState, L.LightningModule):
         self.check_views(batch["views"])
         return list(batch["views"])
 
+    def sample_info(self, batch: dict[str, Any]) -> ViewOutputs:
+        """Per-sample tensors of the batch that ``pair_loss`` needs besides the embeddings (e.g.
+        MoCo's dataset index, to mask a query's own earlier keys); added to every view's outputs."""
+        return {}
+
+    def with_sample_info(self, outs: list[ViewOutputs], batch: dict[str, Any]) -> list[ViewOutputs]:
+        info = self.sample_info(batch)
+        for out in outs:
+            out.update(info)
+        return outs
+
+    def embed_training_views(self, batch: dict[str, Any]) -> list[ViewOutputs]:
+        """The outputs of the views this step trains on, with ``sample_info``."""
+        return self.with_sample_info(self.embed(self.training_views(batch)), batch)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        outs = self.embed(self.training_views(batch))
+        outs = self.embed_training_views(batch)
         loss = self.training_loss(outs)
         if self.nonfinite(loss, outs):
             return None

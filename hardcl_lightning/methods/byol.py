@@ -23,6 +23,8 @@ class BYOL(MomentumMethod):
     Args:
         proj_hidden_dim: projector and predictor hidden width (4096 in the paper).
         proj_output_dim: projection width (256 in the paper).
+        view_forward: ``per_view``: each view through the online and target networks alone, BatchNorm
+            statistics per view, as in the official code (``deepmind-research/byol``, and mmselfsup's fix).
 
     Defaults follow the paper: LARS, lr 0.2 x batch/256, weight decay 1.5e-6, EMA 0.996 -> 1.
     """
@@ -36,9 +38,10 @@ class BYOL(MomentumMethod):
         weight_decay: float = 1.5e-6,
         ema_momentum: float = 0.996,
         ema_momentum_end: float = 1.0,
+        view_forward: str = "per_view",
         **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, ema_momentum=ema_momentum,
+        super().__init__(view_forward=view_forward, optimizer=optimizer, lr=lr, weight_decay=weight_decay, ema_momentum=ema_momentum,
                          ema_momentum_end=ema_momentum_end, **kwargs)
         self.save_hyperparameters()
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2)

@@ -132,16 +132,29 @@ class DINO(MomentumMethod):
     def embed_target(self, x: torch.Tensor) -> ViewOutputs:
         return {"teacher": self.momentum_head(self.momentum_backbone(x))}
 
-    def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[ViewOutputs]:
-        """Student outputs for every crop; teacher outputs for the global crops, in one pass."""
-        outs = super().embed(views, targets=False)
+    def embed(self, views: Sequence[torch.Tensor], targets: bool = True, batched: bool | None = None) -> list[ViewOutputs]:
+        """The official ``MultiCropWrapper``: the student's backbone once per resolution, its head once
+        over every crop's features (head BatchNorm statistics over all crops); the teacher on the
+        global crops in one pass. ``per_view`` forwards each crop (backbone and head) alone."""
+        one_pass = self.view_forward == "batched" if batched is None else batched
+        feats: list[torch.Tensor | None] = [None] * len(views)
+        for idxs in self.view_groups(views, batched):
+            f = self.backbone(torch.cat([views[i] for i in idxs]) if len(idxs) > 1 else views[idxs[0]])
+            for i, chunk in zip(idxs, f.chunk(len(idxs))):
+                feats[i] = chunk
+        if one_pass:
+            student = self.head(torch.cat(feats)).split([f.shape[0] for f in feats])  # type: ignore[union-attr]
+        else:
+            student = [self.head(f) for f in feats]
+        outs = [{"feats": f, "student": s} for f, s in zip(feats, student)]
         if targets:
             global_idx = [i for i, v in enumerate(views) if v.shape == views[0].shape]
             with torch.no_grad():
-                teacher = self.embed_target(torch.cat([views[i] for i in global_idx]))["teacher"]
-            for i, t in zip(global_idx, teacher.chunk(len(global_idx))):
-                outs[i]["teacher"] = t
-        return outs
+                for idxs in self.view_groups([views[i] for i in global_idx], batched):
+                    x = torch.cat([views[global_idx[j]] for j in idxs])
+                    for j, t in zip(idxs, self.embed_target(x)["teacher"].chunk(len(idxs))):
+                        outs[global_idx[j]]["teacher"] = t
+        return outs  # type: ignore[return-value]
 
     def _h(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
         return dino_cross_entropy(student_logits, teacher_logits, self.center, self.student_temperature,

@@ -458,7 +458,7 @@ class HardSampleMixin(AdversarialTraining):
     # --- the three steps --------------------------------------------------------------------------
     def main_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[ViewOutputs], dict[str, torch.Tensor]]:
         """``L_base(real) + lambda_syn * L_base(generated, detached)`` and the diagnostics."""
-        outs = self.embed(self.training_views(batch))  # type: ignore[attr-defined]
+        outs = self.embed_training_views(batch)  # type: ignore[attr-defined]
         real_loss = self.training_loss(outs)  # type: ignore[attr-defined]
         stats: dict[str, torch.Tensor] = {}
         if not self.hard_samples_on:

@@ -141,16 +141,19 @@ class HardViewSelectionMixin:
 
     @torch.no_grad()
     def score_candidates(
-        self, candidates: Sequence[torch.Tensor], pairs: torch.Tensor
+        self, candidates: Sequence[torch.Tensor], pairs: torch.Tensor, sample_info: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]] | None]:
         """Per-sample loss of every candidate pair [P, B] from one batched no-grad forward of all
-        candidates, and those candidates' outputs (None when scored at another resolution)."""
+        candidates (whatever ``view_forward`` says), and those candidates' outputs (None when scored
+        at another resolution). ``sample_info``: the batch's per-sample tensors ``pair_loss`` uses."""
         resized = self.selection_resolution is not None and candidates[0].shape[-1] != self.selection_resolution
         if resized:
             size = (self.selection_resolution, self.selection_resolution)
             candidates = [F.interpolate(c, size=size, mode="bilinear", antialias=True, align_corners=False) for c in candidates]
         used = sorted(set(pairs.flatten().tolist()))
-        outs = dict(zip(used, self.embed([candidates[i] for i in used])))  # type: ignore[attr-defined]
+        outs = dict(zip(used, self.embed([candidates[i] for i in used], batched=True)))  # type: ignore[attr-defined]
+        for out in outs.values():
+            out.update(sample_info or {})
         scores = torch.stack([self.pair_loss(outs[int(i)], outs[int(j)]).float() for i, j in pairs])  # type: ignore[attr-defined]
         return scores, None if resized else outs
 
@@ -158,13 +161,13 @@ class HardViewSelectionMixin:
         """Per sample, the target-network outputs of its chosen candidate (computed while scoring)."""
         return {k: gather_per_sample({v: o[k] for v, o in outs.items()}, index) for k in self.target_keys}  # type: ignore[attr-defined]
 
-    def embed(self, views: Sequence[torch.Tensor], targets: bool = True) -> list[dict[str, torch.Tensor]]:
+    def embed(self, views: Sequence[torch.Tensor], targets: bool = True, batched: bool | None = None) -> list[dict[str, torch.Tensor]]:
         """The training forward of the chosen pair reuses the target outputs its scoring computed
         (MoCo's keys, BYOL's target projections, DINO's teacher), so HVS costs only its extra forwards."""
         reuse, self._reused_targets = self._reused_targets, None
         if reuse is None or not targets or len(views) < 2 or views[0] is not reuse[0] or views[1] is not reuse[1]:
-            return super().embed(views, targets)  # type: ignore[misc]
-        outs = super().embed(views, targets=False)  # type: ignore[misc]
+            return super().embed(views, targets, batched)  # type: ignore[misc]
+        outs = super().embed(views, targets=False, batched=batched)  # type: ignore[misc]
         for out, extra in zip(outs, reuse[2]):
             out.update(extra)
         return outs
@@ -177,7 +180,7 @@ class HardViewSelectionMixin:
         if self._global_step() % self.select_every != 0:
             return [candidates[0], candidates[1], *local_crops]
         pairs = self.pairs_to_score()  # on the CPU: its entries index Python lists
-        scores, outs = self.score_candidates(candidates, pairs)
+        scores, outs = self.score_candidates(candidates, pairs, self.sample_info(batch))  # type: ignore[attr-defined]
         pairs = pairs.to(scores.device)
         idx_a, idx_b, best = select_hardest(scores, pairs)
         all_candidates = dict(enumerate(candidates))

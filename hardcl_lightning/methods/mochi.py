@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -45,13 +46,18 @@ class MoCHi(MoCoV2):
     def mixing_active(self) -> bool:
         return self.num_mix + self.num_mix_query > 0 and (self._trainer is None or self.current_epoch >= self.mix_start_epoch)
 
-    def query_loss(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+    def query_loss(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor,
+                   exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """As MoCo v2's, plus the synthetic negatives; excluded queue entries (the query's own
+        image) are neither negatives nor among its N hardest, so they are never mixed."""
         if not self.mixing_active:
-            return super().query_loss(query, key, queue)
+            return super().query_loss(query, key, queue, exclude)
         with torch.autocast(device_type=query.device.type, enabled=False):
             q = F.normalize(query.float(), dim=1)
             bank = F.normalize(queue.float(), dim=1)
             real_sim = q @ bank.T  # [B, K], once: mixing, loss and stats share it
+            if exclude is not None:
+                real_sim = real_sim.masked_fill(exclude, -math.inf)
             # q . h of the synthetic points in closed form (hardcl_lightning.hard_negatives): the same
             # values and gradient (through q only) as building them, without [B, s + s', D] tensors
             syn_sim, hard_sim = mixed_negative_logits(q, bank, real_sim, self.num_hard, self.num_mix, self.num_mix_query)

@@ -18,6 +18,11 @@ class SimCLR(BaseMethod):
     Args:
         proj_hidden_dim: projector hidden width.
         proj_output_dim: projector output width (the space of the loss).
+        proj_last_bn: an affine-free BatchNorm on the projector's output. The official SimCLR code
+            has BatchNorm on the output layer (``ProjectionHead``: ``use_bn=True`` on every layer,
+            no bias on the last; it keeps a learned scale, which this one drops), as lightly's
+            ``SimCLRProjectionHead`` does; solo-learn's projector has none. Without it HVS-SimCLR
+            stays at chance loss on real CIFAR-10 with an SGD recipe (``benchmarks/RESULTS.md``).
         temperature: NT-Xent temperature.
         gather_distributed: use negatives from every rank (autograd-aware gather).
         tau_plus: > 0 switches to the debiased loss (DCL, Chuang et al. 2020) with this positive prior.
@@ -30,6 +35,7 @@ class SimCLR(BaseMethod):
         self,
         proj_hidden_dim: int = 2048,
         proj_output_dim: int = 128,
+        proj_last_bn: bool = True,
         temperature: float = 0.2,
         gather_distributed: bool = True,
         tau_plus: float = 0.0,
@@ -43,7 +49,7 @@ class SimCLR(BaseMethod):
         self.save_hyperparameters()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2)
+        self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=2, last_bn=proj_last_bn)
         self.temperature, self.gather_distributed = temperature, gather_distributed
         self.tau_plus, self.hardness_beta = tau_plus, hardness_beta
 

@@ -25,6 +25,8 @@ class SimSiam(BaseMethod):
         proj_num_layers: projector depth (3 on ImageNet, 2 on CIFAR in the paper).
         pred_hidden_dim: predictor bottleneck width (512 in the paper).
         fixed_predictor_lr: keep the predictor's LR constant (no decay), as the paper does (sec. 4.2).
+        view_forward: ``per_view``: ``facebookresearch/simsiam`` forwards ``x1`` and ``x2`` separately,
+            so BatchNorm statistics are per view.
     """
 
     def __init__(
@@ -36,9 +38,10 @@ class SimSiam(BaseMethod):
         fixed_predictor_lr: bool = True,
         lr: float = 0.05,
         warmup_epochs: float = 0.0,
+        view_forward: str = "per_view",
         **kwargs: Any,
     ) -> None:
-        super().__init__(lr=lr, warmup_epochs=warmup_epochs, **kwargs)
+        super().__init__(view_forward=view_forward, lr=lr, warmup_epochs=warmup_epochs, **kwargs)
         self.save_hyperparameters()
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=proj_num_layers, last_bn=True)
         self.predictor = MLPHead(proj_output_dim, pred_hidden_dim, proj_output_dim, num_layers=2)
