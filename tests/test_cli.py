@@ -8,7 +8,7 @@ import yaml
 
 from hardcl_lightning.cli import build_cli, main
 
-ALL_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "data"))
+ALL_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "data", "overlays"))
 # dataset overlays: composed after a method config (tests below)
 DATA_OVERLAYS = sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml"))
 # offline evaluation of a pre-trained checkpoint (tests/test_evaluation.py runs them)
@@ -314,3 +314,23 @@ def test_unlabeled_folder_overlay_trains_an_imagefolder_recipe_on_a_plain_folder
     assert cli.trainer.state.finished
     with pytest.raises(SystemExit):  # no train_dir: jsonargparse names the missing key
         build_cli(args[:-4])
+
+
+@pytest.mark.parametrize("config", ["dino_cifar10.yaml", "hvs_dino.yaml"])
+def test_multicrop_overlay_adds_local_crops_to_a_two_crop_dino_recipe(config, tmp_path, monkeypatch):
+    """The CIFAR DINO recipes train on 2 crops (solo-learn); the overlay adds the paper's local crops and
+    nothing else, and the result trains."""
+    monkeypatch.chdir(tmp_path)
+    base_file = CONFIGS[0].parent / config
+    overlay = CONFIGS[0].parent / "overlays" / "dino_multicrop_32px.yaml"
+    base = build_cli(["--config", str(base_file)], run=False)
+    assert base.datamodule.num_local_crops == 0
+    args = ["fit", "--config", str(base_file), "--config", str(overlay), *CPU, "--trainer.fast_dev_run=true",
+            "--model.backbone=resnet_tiny", "--data=hardcl_lightning.data.ShapesDataModule", "--data.num_train=16",
+            "--data.num_val=10", "--data.batch_size=4", "--data.num_workers=0"]
+    cli = build_cli(args)
+    dm = cli.datamodule
+    assert (dm.num_local_crops, dm.view_specs[-1].size, dm.view_specs[-1].crop_scale) == (4, 16, (0.05, 0.4))
+    assert dm.view_specs[0].crop_scale == (0.4, 1.0) and dm.num_views == base.datamodule.num_views
+    assert cli.model.base_lr == base.model.base_lr and cli.model.ema_momentum == base.model.ema_momentum == 0.9995
+    assert cli.trainer.state.finished

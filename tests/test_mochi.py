@@ -201,3 +201,28 @@ def test_dcl_negative_count_includes_mochis_synthetic_negatives():
     negs = torch.cat([qn @ bank.T, extra * 0.2], dim=1)  # 13 negatives per query
     assert negs.shape[1] == 13
     assert torch.allclose(got.double(), naive_dcl_hcl((qn * kn).sum(1), negs, 0.2, 0.1, 0.0).double(), atol=1e-5)
+
+
+def test_own_keys_are_never_mixed_nor_negatives():
+    """With a query's own earlier key in the queue (its most similar entry), MoCHi with the key
+    masked gives the loss MoCHi gives on the queue without that entry, under the same draws; the
+    own key never reaches the N hardest."""
+    m = tiny(MoCHi, mixing=(8, 6, 3), key_bn="batch")
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    queue = F.normalize(torch.randn(64, 16, generator=g), dim=1)
+    own = torch.tensor([5, 20, 40])
+    queue[own] = F.normalize(q, dim=1)  # each query's own key: the hardest "negative" it could have
+    exclude = torch.zeros(3, 64, dtype=torch.bool)
+    exclude[torch.arange(3), own] = True
+    torch.manual_seed(9)
+    masked = m.query_loss(q, k, queue, exclude)
+    assert m.last_mixing_stats["hard/mochi_hard_sim_max"] < 0.999
+    for b in range(3):
+        keep = torch.ones(64, dtype=torch.bool)
+        keep[own[b]] = False
+        torch.manual_seed(9)
+        ref = m.query_loss(q, k, queue[keep])  # the same draws: only row b is compared
+        assert torch.allclose(masked[b], ref[b], atol=1e-5), b
+    torch.manual_seed(9)
+    assert (m.query_loss(q, k, queue) > masked).all()  # unmasked, the own key is a (hardest) negative

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hardcl_lightning.methods import MoCoV2
 
@@ -64,3 +65,55 @@ def test_queue_size_must_divide_by_the_global_batch(tmp_path):
                         enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match=r"queue_size 64 is not a multiple of the global batch 24"):
         trainer.fit(m, dm)
+
+
+def naive_infonce(q, k, negatives, t):
+    """-log(e^{q.k/t} / (e^{q.k/t} + sum_n e^{q.n/t})) for one query, with a Python sum over negatives."""
+    q, k = F.normalize(q, dim=0), F.normalize(k, dim=0)
+    pos = torch.exp(q @ k / t)
+    neg = sum(torch.exp(q @ F.normalize(n, dim=0) / t) for n in negatives)
+    return -torch.log(pos / (pos + neg))
+
+
+def test_queue_records_key_indices_and_own_keys_are_not_negatives():
+    """Each queued key keeps its dataset index; a query's loss leaves out the queued keys of its own
+    image (earlier epochs' keys), computed here by a loop over the other entries."""
+    torch.manual_seed(0)
+    m = tiny_moco(queue_size=12, key_bn="batch")
+    m.enqueue(torch.randn(4, 8), torch.tensor([7, 3, 7, 9]))
+    assert m.queue_index.tolist() == [7, 3, 7, 9] + [-1] * 8
+    q, k = torch.randn(2, 8), torch.randn(2, 8)
+    index = torch.tensor([7, 5])
+    out_a = {"q": q, "k": k, "index": index}
+    out_b = {"q": k.flip(0), "k": q.flip(0), "index": index}
+    loss = m.pair_loss(out_a, out_b)
+    for b in range(2):
+        others = [m.queue[j] for j in range(12) if int(m.queue_index[j]) != int(index[b])]
+        assert len(others) == (10 if b == 0 else 12)
+        ref = 0.5 * (naive_infonce(q[b], out_b["k"][b], others, m.temperature)
+                     + naive_infonce(out_b["q"][b], k[b], others, m.temperature))
+        assert torch.allclose(loss[b], ref, atol=1e-5), b
+    unmasked = tiny_moco(queue_size=12, key_bn="batch", exclude_own_keys=False)
+    assert unmasked.sample_info({"index": index}) == {}
+    assert torch.equal(m.sample_info({"index": index})["index"], index)
+
+
+def test_training_step_enqueues_the_batch_indices():
+    torch.manual_seed(0)
+    m = tiny_moco(queue_size=16)
+    batch = {"views": [torch.randn(4, 3, 16, 16) for _ in range(2)], "label": torch.zeros(4, dtype=torch.long),
+             "index": torch.tensor([10, 11, 12, 13])}
+    outs = m.embed_training_views(batch)
+    assert all(torch.equal(o["index"], batch["index"]) for o in outs)
+    m.after_training_loss(outs)
+    assert m.queue_index[:4].tolist() == [10, 11, 12, 13] and m.queue_index[4:].eq(-1).all()
+
+
+def test_checkpoint_from_before_queue_indices_loads_with_unknown_indices():
+    m = tiny_moco(queue_size=8)
+    state = {k: v for k, v in m.state_dict().items() if k != "queue_index"}
+    checkpoint = {"state_dict": state}
+    m.on_load_checkpoint(checkpoint)
+    fresh = tiny_moco(queue_size=8)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    assert fresh.queue_index.eq(-1).all()

@@ -37,7 +37,8 @@ class MoCoV2(MomentumMethod):
             dataset index) are not negatives, in the loss nor among MoCHi's hardest: with a
             queue of more than one epoch they would be near-duplicates of the positive.
 
-    Defaults follow the paper: SGD lr 0.03 x batch/256, EMA momentum 0.999, K = 65536.
+    Defaults follow the paper: SGD lr 0.03 x batch/256, cosine schedule without warm-up, EMA
+    momentum 0.999, K = 65536.
     """
 
     def __init__(
@@ -52,12 +53,13 @@ class MoCoV2(MomentumMethod):
         shuffle_bn_groups: int = 8,
         exclude_own_keys: bool = True,
         lr: float = 0.03,
+        warmup_epochs: float = 0.0,
         ema_momentum: float = 0.999,
         ema_momentum_end: float = 0.999,
         view_forward: str = "per_view",
         **kwargs: Any,
     ) -> None:
-        super().__init__(view_forward=view_forward, lr=lr, ema_momentum=ema_momentum, ema_momentum_end=ema_momentum_end, **kwargs)
+        super().__init__(view_forward=view_forward, lr=lr, warmup_epochs=warmup_epochs, ema_momentum=ema_momentum, ema_momentum_end=ema_momentum_end, **kwargs)
         self.save_hyperparameters()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
