@@ -10,7 +10,8 @@ import torch
 from hardcl_lightning.callbacks import GeneratedImageGrid
 from hardcl_lightning.data import ShapesDataModule
 from hardcl_lightning.methods import GANPretrain, HardSampleCL, HardSampleMoCoV2, SimCLR
-from hardcl_lightning.methods.generative import frozen_batchnorm_stats, load_gan_state, ramp
+from hardcl_lightning.batchnorm import frozen_batchnorm_stats
+from hardcl_lightning.methods.generative import load_gan_state, ramp
 
 TINY = dict(backbone="resnet_tiny", cifar_stem=True, backbone_kwargs={"widths": (8, 16, 16, 16)}, proj_hidden_dim=32,
             proj_output_dim=16, batch_size=16, optimizer="adamw", lr=1e-3, warmup_epochs=0.0)

@@ -164,20 +164,79 @@ def test_short_run_selects_pairs_that_overlap_less_and_logs_a_grid(tmp_path):
 
 @pytest.mark.parametrize("cls", [HVSMoCoV2, HVSBYOL, HVSDINO], ids=lambda c: c.__name__)
 def test_training_forward_reuses_the_scoring_pass_target_outputs(cls):
-    """The chosen views' target outputs come from the scoring pass: identical values, one target forward per step."""
+    """The chosen views' target outputs come from the scoring pass: identical values, one target
+    forward per step; ``reuse_targets=False`` recomputes them on the chosen views."""
     torch.manual_seed(0)
     m = cls(**TINY, **HEADS[cls], num_views=4).eval()
     g = torch.Generator().manual_seed(5)
-    cands = [torch.randn(5, 3, 16, 16, generator=g) for _ in range(4)]
+    batch = {"views": [torch.randn(5, 3, 16, 16, generator=g) for _ in range(4)], "index": torch.arange(5)}
     calls = []
     original = m.embed_target
     m.embed_target = lambda x: (calls.append(x.shape[0]), original(x))[1]  # type: ignore[method-assign]
-    chosen = m.select_views({"views": cands})
-    reused = m.embed(chosen)
-    assert len(calls) == 1  # the scoring pass only
-    fresh = super(cls, m).embed(chosen)  # recompute everything
+    torch.manual_seed(1)
+    reused = m.embed_training_views(batch)
+    assert calls == [20]  # the scoring pass only
+    chosen = m.select_views(batch)  # the same selection (eval mode: deterministic)
+    calls.clear()
+    fresh = m.embed(chosen)  # everything recomputed on the chosen views
+    assert len(calls) == len(m.view_groups(chosen))
     key = m.target_keys[0]
     for r, f in zip(reused, fresh):
         assert torch.allclose(r[key], f[key], atol=1e-5)
-    per_embed = len(m.view_groups(chosen))  # target forwards of one embed: 1 batched, 2 per view
-    assert m.embed(chosen) and len(calls) == 1 + 2 * per_embed  # the stash is used once; later calls compute their own
+    m.reuse_targets = False
+    calls.clear()
+    again = m.embed_training_views(batch)
+    assert len(calls) == 1 + len(m.view_groups(chosen))  # scoring + the training forward's own targets
+    for r, a in zip(reused, again):
+        assert torch.allclose(r[key], a[key], atol=1e-5)
+
+
+def test_scoring_leaves_batchnorm_statistics_alone_when_asked():
+    """scoring_updates_bn=False: after a step's selection the running statistics are those before it;
+    True (the authors' code): the scoring forward of all candidates moved them."""
+    for updates in (True, False):
+        torch.manual_seed(0)
+        m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=4, scoring_updates_bn=updates).train()
+        bn = next(mod for mod in m.backbone.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+        before = bn.running_mean.clone()
+        m.select_views({"views": [torch.randn(6, 3, 16, 16) for _ in range(4)]})
+        assert torch.equal(bn.running_mean, before) is (not updates)
+
+
+def test_min_iou_rule_picks_the_least_overlapping_pair_and_is_logged():
+    """Boxes written by hand: per image, the pair with the smallest IoU is chosen without scoring,
+    and ``hvs_selected_is_min_iou`` is 1 for it."""
+    m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=3, selection_rule="min_iou")
+    boxes = torch.tensor([
+        [[0, 0, 10, 10], [0, 0, 10, 9], [5, 5, 15, 15]],   # pairs (0,1) 0.9, (0,2) 25/175, (1,2) 20/180 -> (1, 2)
+        [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 9, 10]],  # (0,1) 0, (0,2) 0.9, (1,2) 0 -> (0, 1) (first of the ties)
+    ]).float()
+    views = id_views(3, 2)
+    calls = []
+    m.embed = lambda *a, **k: calls.append(1)  # type: ignore[method-assign]
+    chosen = m.select_views({"views": views, "boxes": boxes})
+    assert not calls  # nothing scored
+    sel = m.last_selection
+    assert sel["index_a"].tolist() == [1, 0] and sel["index_b"].tolist() == [2, 1]
+    assert torch.equal(chosen[0][0], views[1][0]) and torch.equal(chosen[1][1], views[1][1])
+    with pytest.raises(ValueError, match="min_iou' needs the crop boxes"):
+        m.select_views({"views": views})
+    with pytest.raises(ValueError, match="unknown selection_rule 'easiest'"):
+        HVSSimCLR(**TINY, **HEADS[HVSSimCLR], selection_rule="easiest")
+
+
+def test_selected_is_min_iou_share_against_a_loop():
+    torch.manual_seed(0)
+    m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=4)
+    logged = {}
+    m.log_dict = lambda d, **k: logged.update(d)  # type: ignore[method-assign]
+    b = 8
+    lo = torch.rand(b, 4, 2) * 8
+    boxes = torch.cat([lo, lo + 4 + torch.rand(b, 4, 2) * 8], dim=-1)
+    m.select_views({"views": [torch.randn(b, 3, 16, 16) for _ in range(4)], "boxes": boxes})
+    ia, ib = m.last_selection["index_a"], m.last_selection["index_b"]
+    hits = 0
+    for i in range(b):
+        ious = {(x, y): float(box_iou(boxes[i, x], boxes[i, y])) for x, y in m.pairs.tolist()}
+        hits += ious[(int(ia[i]), int(ib[i]))] <= min(ious.values()) + 1e-6
+    assert float(logged["hard/hvs_selected_is_min_iou"]) == pytest.approx(hits / b)

@@ -91,7 +91,7 @@ class GeneratedImageGrid(L.Callback):
         self.saved: list[Path] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from hardcl_lightning.methods.generative import frozen_batchnorm_stats
+        from hardcl_lightning.batchnorm import frozen_batchnorm_stats
 
         gan = getattr(pl_module, "gan", None)
         if gan is None:

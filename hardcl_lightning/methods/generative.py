@@ -46,12 +46,12 @@ from typing import Any, Iterator, Sequence
 import lightning as L
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from hardcl_lightning.checkpointing import ResumableState
 from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, DifferentiableViewAugmentation
 from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
 from hardcl_lightning.gan import GAN
+from hardcl_lightning.batchnorm import frozen_batchnorm_stats
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs, sync_lambda_schedules
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
@@ -70,21 +70,6 @@ def ramp(progress: float, start: float, end: float, kind: str) -> float:
     if kind == "linear":
         return start + (end - start) * p
     return end - (end - start) * (1 + math.cos(math.pi * p)) / 2
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Run forwards in train mode without changing any BatchNorm running statistics."""
-    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-             for m in modules for bn in m.modules()
-             if isinstance(bn, _BatchNorm) and bn.track_running_stats and bn.running_mean is not None]
-    try:
-        yield
-    finally:
-        for bn, mean, var, count in saved:
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-            bn.num_batches_tracked.copy_(count)
 
 
 @contextlib.contextmanager

@@ -22,17 +22,22 @@ augmentation streams of BYOL/DINO), ``anchor`` (view 0 with each other view).
 Logged every step under ``hard/``: ``hvs_loss_selected`` vs ``hvs_loss_mean`` (the selected
 pair's loss vs the mean candidate-pair loss), ``hvs_iou_selected`` vs ``hvs_iou_random`` (crop
 IoU of the selected pair vs a random candidate pair: the paper finds selected pairs overlap
-less, sec. 5), and ``hvs_win_frac_<k>`` (how often candidate k is in the selected pair).
+less, sec. 5), ``hvs_selected_is_min_iou`` (how often the selected pair is the least
+overlapping one: 1 would mean HVS is a crop-distance rule) and ``hvs_win_frac_<k>`` (how often
+candidate k is in the selected pair). ``selection_rule="min_iou"`` trains on the least
+overlapping pair without scoring, the ablation that tells the two apart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from hardcl_lightning.batchnorm import frozen_batchnorm_stats
 from hardcl_lightning.methods.base import BaseMethod
 from hardcl_lightning.methods.byol import BYOL
 from hardcl_lightning.methods.dino import DINO
@@ -41,6 +46,7 @@ from hardcl_lightning.methods.simclr import SimCLR
 from hardcl_lightning.methods.simsiam import SimSiam
 
 PAIR_MODES = ("all", "cross_stream", "anchor")
+SELECTION_RULES = ("hardest", "min_iou")
 
 
 def candidate_pairs(num_candidates: int, mode: str) -> torch.Tensor:
@@ -76,6 +82,11 @@ def gather_per_sample(tensors: dict[int, torch.Tensor], index: torch.Tensor) -> 
     return out
 
 
+def pair_ious(boxes: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Crop IoU of every candidate pair per sample: boxes [B, N, 4], pairs [P, 2] -> [P, B]."""
+    return box_iou(boxes[:, pairs[:, 0]], boxes[:, pairs[:, 1]]).T
+
+
 def select_hardest(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample argmax over candidate pairs: ``scores`` [P, B] -> (index_a [B], index_b [B], best pair [B])."""
     best = scores.argmax(dim=0)
@@ -92,6 +103,16 @@ class HardViewSelectionMixin:
             every rank); 0 or None scores all of them (never none).
         selection_resolution: score candidates resized to this side (None: training size).
         select_every: select on every k-th optimiser step; other steps train on views 0 and 1.
+        selection_rule: ``hardest``: each image's highest-loss pair (the paper); ``min_iou``: the
+            pair whose crops overlap least, without scoring (an ablation: the paper finds that the
+            selected pairs overlap less, sec. 5; this asks whether that is all HVS does).
+        reuse_targets: the chosen views' target outputs (MoCo's keys, BYOL's target projections,
+            DINO's teacher) are those the scoring pass computed (no second target forward, as the
+            authors' code); False recomputes them on the chosen views in the training forward
+            (with the method's own ``view_forward`` BatchNorm statistics).
+        scoring_updates_bn: the scoring pass runs in train mode and its batch of all candidates
+            updates BatchNorm's running statistics, as in the authors' code; False restores them
+            after scoring, so evaluation statistics come from the training forwards only.
     """
 
     default_pair_mode = "all"
@@ -104,6 +125,9 @@ class HardViewSelectionMixin:
         limit_comparisons: int | None = None,
         selection_resolution: int | None = None,
         select_every: int = 1,
+        selection_rule: str = "hardest",
+        reuse_targets: bool = True,
+        scoring_updates_bn: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, num_views=num_views, **kwargs)  # type: ignore[call-arg]
@@ -116,12 +140,13 @@ class HardViewSelectionMixin:
             raise ValueError(f"select_every must be >= 1, got {select_every}")
         if selection_resolution is not None and selection_resolution < 1:
             raise ValueError(f"selection_resolution must be >= 1 or None, got {selection_resolution}")
+        if selection_rule not in SELECTION_RULES:
+            raise ValueError(f"unknown selection_rule {selection_rule!r}; choose one of {list(SELECTION_RULES)}")
+        self.selection_rule, self.reuse_targets, self.scoring_updates_bn = selection_rule, reuse_targets, scoring_updates_bn
         self.pair_mode, self.limit_comparisons = pair_mode, limit_comparisons
         self.selection_resolution, self.select_every = selection_resolution, select_every
         self.pairs = candidate_pairs(self.num_views, pair_mode)  # type: ignore[attr-defined]
         self.last_selection: dict[str, torch.Tensor] = {}
-        # (view a, view b, their target outputs): reused only by an embed of exactly these tensors
-        self._reused_targets: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]] | None = None
 
     # --- selection ----------------------------------------------------------------------------
     def _global_step(self) -> int:
@@ -151,7 +176,9 @@ class HardViewSelectionMixin:
             size = (self.selection_resolution, self.selection_resolution)
             candidates = [F.interpolate(c, size=size, mode="bilinear", antialias=True, align_corners=False) for c in candidates]
         used = sorted(set(pairs.flatten().tolist()))
-        outs = dict(zip(used, self.embed([candidates[i] for i in used], batched=True)))  # type: ignore[attr-defined]
+        keep_bn = contextlib.nullcontext() if self.scoring_updates_bn else frozen_batchnorm_stats([self])  # type: ignore[list-item]
+        with keep_bn:
+            outs = dict(zip(used, self.embed([candidates[i] for i in used], batched=True)))  # type: ignore[attr-defined]
         for out in outs.values():
             out.update(sample_info or {})
         scores = torch.stack([self.pair_loss(outs[int(i)], outs[int(j)]).float() for i, j in pairs])  # type: ignore[attr-defined]
@@ -161,50 +188,69 @@ class HardViewSelectionMixin:
         """Per sample, the target-network outputs of its chosen candidate (computed while scoring)."""
         return {k: gather_per_sample({v: o[k] for v, o in outs.items()}, index) for k in self.target_keys}  # type: ignore[attr-defined]
 
-    def embed(self, views: Sequence[torch.Tensor], targets: bool = True, batched: bool | None = None) -> list[dict[str, torch.Tensor]]:
-        """The training forward of the chosen pair reuses the target outputs its scoring computed
-        (MoCo's keys, BYOL's target projections, DINO's teacher), so HVS costs only its extra forwards."""
-        reuse, self._reused_targets = self._reused_targets, None
-        if reuse is None or not targets or len(views) < 2 or views[0] is not reuse[0] or views[1] is not reuse[1]:
-            return super().embed(views, targets, batched)  # type: ignore[misc]
-        outs = super().embed(views, targets=False, batched=batched)  # type: ignore[misc]
-        for out, extra in zip(outs, reuse[2]):
-            out.update(extra)
-        return outs
-
-    def select_views(self, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """The views to train on: each sample's hardest candidate pair, then any local crops."""
+    def select_views_and_targets(
+        self, batch: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+        """The views to train on (each sample's chosen candidate pair, then any local crops) and,
+        when ``reuse_targets``, the target outputs of the two chosen views from the scoring pass
+        (None: the training forward computes them)."""
         views = batch["views"]
         n = self.num_views  # type: ignore[attr-defined]
         candidates, local_crops = list(views[:n]), list(views[n:])
         if self._global_step() % self.select_every != 0:
-            return [candidates[0], candidates[1], *local_crops]
+            return [candidates[0], candidates[1], *local_crops], None
         pairs = self.pairs_to_score()  # on the CPU: its entries index Python lists
-        scores, outs = self.score_candidates(candidates, pairs, self.sample_info(batch))  # type: ignore[attr-defined]
+        boxes = batch.get("boxes")
+        if self.selection_rule == "min_iou":
+            if boxes is None:
+                raise ValueError("selection_rule 'min_iou' needs the crop boxes of the candidates (batch['boxes'])")
+            scores, outs = -pair_ious(boxes.to(candidates[0].device).float(), pairs.to(candidates[0].device)), None
+        else:
+            scores, outs = self.score_candidates(candidates, pairs, self.sample_info(batch))  # type: ignore[attr-defined]
         pairs = pairs.to(scores.device)
         idx_a, idx_b, best = select_hardest(scores, pairs)
         all_candidates = dict(enumerate(candidates))
         view_a, view_b = gather_per_sample(all_candidates, idx_a), gather_per_sample(all_candidates, idx_b)
-        if outs is not None and self.target_keys:  # type: ignore[attr-defined]
-            self._reused_targets = (view_a, view_b, [self._chosen_targets(outs, idx_a), self._chosen_targets(outs, idx_b)])
+        targets = None
+        if outs is not None and self.reuse_targets and self.target_keys:  # type: ignore[attr-defined]
+            targets = [self._chosen_targets(outs, idx_a), self._chosen_targets(outs, idx_b)]
         self.log_selection(batch, scores, pairs, idx_a, idx_b, best)
-        return [view_a, view_b, *local_crops]
+        return [view_a, view_b, *local_crops], targets
+
+    def select_views(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The views to train on: each sample's chosen candidate pair, then any local crops."""
+        return self.select_views_and_targets(batch)[0]
+
+    def embed_training_views(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """The training forward of the chosen views; with reused targets it runs the online networks
+        only, so HVS costs only its scoring forward."""
+        self.check_views(batch["views"])  # type: ignore[attr-defined]
+        views, targets = self.select_views_and_targets(batch)
+        if targets is None:
+            outs = self.embed(views)  # type: ignore[attr-defined]
+        else:
+            outs = self.embed(views, targets=False)  # type: ignore[attr-defined]
+            for out, chosen in zip(outs, targets):
+                out.update(chosen)
+        return self.with_sample_info(outs, batch)  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def log_selection(self, batch, scores, pairs, idx_a, idx_b, best) -> None:
         b = scores.shape[1]
         rows = torch.arange(b, device=scores.device)
-        metrics = {
-            "hard/hvs_loss_selected": scores[best, rows].mean(),
-            "hard/hvs_loss_mean": scores.mean(),
-        }
+        metrics = {}
+        if self.selection_rule == "hardest":
+            metrics.update({"hard/hvs_loss_selected": scores[best, rows].mean(), "hard/hvs_loss_mean": scores.mean()})
         boxes = batch.get("boxes")
         if boxes is not None:
             boxes = boxes.to(scores.device).float()
             iou_sel = box_iou(boxes[rows, idx_a], boxes[rows, idx_b])
             rand = pairs[torch.randint(pairs.shape[0], (b,), device=scores.device)]
             iou_rand = box_iou(boxes[rows, rand[:, 0]], boxes[rows, rand[:, 1]])
-            metrics.update({"hard/hvs_iou_selected": iou_sel.mean(), "hard/hvs_iou_random": iou_rand.mean()})
+            # share of images whose selected pair overlaps least of the scored pairs (ties count)
+            is_min_iou = iou_sel <= pair_ious(boxes, pairs).min(dim=0).values + 1e-6
+            metrics.update({"hard/hvs_iou_selected": iou_sel.mean(), "hard/hvs_iou_random": iou_rand.mean(),
+                            "hard/hvs_selected_is_min_iou": is_min_iou.float().mean()})
         wins = torch.bincount(torch.cat([idx_a, idx_b]), minlength=self.num_views).float() / b  # type: ignore[attr-defined]
         metrics.update({f"hard/hvs_win_frac_{k}": w for k, w in enumerate(wins)})
         self.log_dict(metrics, on_step=True, on_epoch=True)  # type: ignore[attr-defined]

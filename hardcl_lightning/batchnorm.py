@@ -1,0 +1,29 @@
+"""BatchNorm state: forwards in train mode that leave the running statistics as they were.
+
+The running statistics are what kNN, the linear probe and every downstream use see; forwards
+that are not training forwards of real views (HVS's scoring pass when asked, the generator's
+steps) run with batch statistics but must not move them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Run forwards in train mode without changing any BatchNorm running statistics."""
+    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for m in modules for bn in m.modules()
+             if isinstance(bn, _BatchNorm) and bn.track_running_stats and bn.running_mean is not None]
+    try:
+        yield
+    finally:
+        for bn, mean, var, count in saved:
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)
