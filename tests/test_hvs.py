@@ -128,6 +128,44 @@ def test_dino_keeps_its_local_crops():
     assert torch.equal(m.center, center)  # scoring does not update the centre
 
 
+
+def test_dino_selects_the_hardest_global_pair_and_local_subset_by_the_full_multicrop_loss():
+    """As the authors' DINO selection: every (even, odd) global pair x every 2 of 3 local crops is
+    scored with the multi-crop loss of its own crops; a naive loop (per-view forwards, the loss by
+    explicit sums) finds the same per-sample maximum, and the chosen crops are those of it."""
+    from test_methods import naive_dino_loss
+
+    torch.manual_seed(0)
+    m = HVSDINO(**TINY, **HEADS[HVSDINO], num_views=4, num_local_crops_trained=2).eval()
+    m.center.copy_(torch.randn_like(m.center) * 0.1)
+    g = torch.Generator().manual_seed(3)
+    globals_ = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(4)]
+    locals_ = [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
+    chosen = m.select_views({"views": globals_ + locals_})
+    sel = m.last_selection
+    assert [tuple(v.shape) for v in chosen] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 2
+    tt = m.current_teacher_temperature()
+    with torch.no_grad():
+        student = [m.head(m.backbone(v)) for v in globals_ + locals_]
+        teacher = [m.momentum_head(m.momentum_backbone(v)) for v in globals_]
+        naive = {}
+        for a, b in [(0, 1), (0, 3), (1, 2), (2, 3)]:
+            for subset in itertools.combinations(range(3), 2):
+                crops = [student[a], student[b]] + [student[4 + j] for j in subset]
+                naive[(a, b, subset)] = naive_dino_loss(crops, [teacher[a], teacher[b]], m.center, 0.1, tt)
+    assert len(naive) == sel["scores"].shape[0] == 12
+    for s in range(4):
+        best = max(naive, key=lambda c: naive[c][s].item())
+        a, b, subset = int(sel["index_a"][s]), int(sel["index_b"][s]), tuple(sel["local_index"][s].tolist())
+        assert naive[(a, b, subset)][s].item() == pytest.approx(naive[best][s].item(), rel=1e-4, abs=1e-5)
+        assert torch.equal(chosen[0][s], globals_[a][s]) and torch.equal(chosen[1][s], globals_[b][s])
+        assert all(torch.equal(chosen[2 + k][s], locals_[j][s]) for k, j in enumerate(subset))
+    with pytest.raises(ValueError, match="num_local_crops_trained=5 but the batch has 3 local crops"):
+        HVSDINO(**TINY, **HEADS[HVSDINO], num_views=4, num_local_crops_trained=5).select_views({"views": globals_ + locals_})
+    assert len(HVSDINO(**TINY, **HEADS[HVSDINO], num_views=4, num_local_crops_trained=2, limit_comparisons=5)
+               .combinations_to_score(3)[0]) == 5
+
+
 def test_select_every_and_selection_resolution():
     torch.manual_seed(0)
     m = HVSSimSiam(**TINY, **HEADS[HVSSimSiam], num_views=4, selection_resolution=8, select_every=2)

@@ -283,10 +283,79 @@ class HVSBYOL(HardViewSelectionMixin, BYOL):
 
 
 class HVSDINO(HardViewSelectionMixin, DINO):
-    """DINO trained on each image's hardest pair of global crops (even x odd candidates, i.e. one from
-    each augmentation stream); the local crops are kept. The centre is not updated while scoring."""
+    """DINO trained on each image's hardest combination of crops, as the authors' DINO code selects
+    (``automl/hvp``, ``minsim``): a pair of global crops (even x odd candidates, one from each
+    augmentation stream) and, with local crops, ``num_local_crops_trained`` of the local crops the
+    data makes; each combination is scored with the full multi-crop loss (teacher on its two
+    globals, student on all its crops), from one batched forward of every crop. The centre is not
+    updated while scoring.
+
+    Args:
+        num_local_crops_trained: local crops trained on per image, chosen among the data's
+            ``num_local_crops`` (the combinations of that many); None trains on all of them (the
+            global pair is still scored with them).
+    """
 
     default_pair_mode = "cross_stream"
+
+    def __init__(self, *args: Any, num_local_crops_trained: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if num_local_crops_trained is not None and num_local_crops_trained < 1:
+            raise ValueError(f"num_local_crops_trained must be >= 1 or None (all local crops), got {num_local_crops_trained}")
+        self.num_local_crops_trained = num_local_crops_trained
+
+    def local_subsets(self, num_local: int) -> torch.Tensor:
+        """The local-crop index subsets a combination can train on [S, k] (k = ``num_local_crops_trained``)."""
+        k = num_local if self.num_local_crops_trained is None else self.num_local_crops_trained
+        if k > num_local:
+            raise ValueError(f"num_local_crops_trained={k} but the batch has {num_local} local crops; "
+                             f"set data num_local_crops >= {k}")
+        return torch.tensor(list(itertools.combinations(range(num_local), k)), dtype=torch.long).view(-1, k)
+
+    def combinations_to_score(self, num_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global pair [C, 2], local subset [C, k]) of every combination, or ``limit_comparisons``
+        random ones (drawn as ``pairs_to_score`` draws pairs: the same on every rank)."""
+        pairs, subsets = self.pairs, self.local_subsets(num_local)
+        pair_idx = torch.arange(pairs.shape[0]).repeat_interleave(subsets.shape[0])
+        subset_idx = torch.arange(subsets.shape[0]).repeat(pairs.shape[0])
+        if self.limit_comparisons and self.limit_comparisons < pair_idx.shape[0]:
+            g = torch.Generator().manual_seed(self._global_step())
+            keep = torch.randperm(pair_idx.shape[0], generator=g)[: self.limit_comparisons]
+            pair_idx, subset_idx = pair_idx[keep], subset_idx[keep]
+        return pairs[pair_idx], subsets[subset_idx]
+
+    def select_views_and_targets(
+        self, batch: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+        views = batch["views"]
+        n = self.num_views
+        candidates, local_crops = list(views[:n]), list(views[n:])
+        if not local_crops or self.selection_rule != "hardest" or self._global_step() % self.select_every != 0:
+            chosen, targets = super().select_views_and_targets(batch)
+            k = len(local_crops) if self.num_local_crops_trained is None else self.num_local_crops_trained
+            return chosen[: 2 + k], targets
+        pairs, subsets = self.combinations_to_score(len(local_crops))
+        keep_bn = contextlib.nullcontext() if self.scoring_updates_bn else frozen_batchnorm_stats([self])
+        with torch.no_grad(), keep_bn:
+            outs = self.embed(candidates + local_crops, batched=True)
+            scores = torch.stack([
+                self.multicrop_loss([outs[int(a)], outs[int(b)], *(outs[n + int(j)] for j in subset)]).float()
+                for (a, b), subset in zip(pairs, subsets)])  # a loop over combinations, not samples
+        pairs, subsets = pairs.to(scores.device), subsets.to(scores.device)
+        idx_a, idx_b, best = select_hardest(scores, pairs)
+        all_candidates, all_locals = dict(enumerate(candidates)), dict(enumerate(local_crops))
+        chosen = [gather_per_sample(all_candidates, idx_a), gather_per_sample(all_candidates, idx_b)]
+        if self.local_subsets(len(local_crops)).shape[0] == 1:  # all local crops are trained on: no choice, no copy
+            chosen += [local_crops[int(j)] for j in subsets[0]]
+        else:
+            chosen += [gather_per_sample(all_locals, subsets[best, slot]) for slot in range(subsets.shape[1])]
+        targets = None
+        if self.reuse_targets:
+            globals_out = {i: outs[i] for i in range(n)}
+            targets = [self._chosen_targets(globals_out, idx_a), self._chosen_targets(globals_out, idx_b)]
+        self.log_selection(batch, scores, pairs, idx_a, idx_b, best)
+        self.last_selection["local_index"] = subsets[best].detach()
+        return chosen, targets
 
 
 def with_hvs(method_cls: type[BaseMethod]) -> type[BaseMethod]:
