@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,3 +56,44 @@ def test_lightly_short_runs_skips_cleanly_without_lightly(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lightly_short_runs.py")],
                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert out.returncode == 0 and "[skip] lightly is not installed" in out.stdout, out.stderr[-2000:]
+
+
+def _record(base, variant, seed, knn, **kw):
+    return {"base": base, "variant": variant, "seed": seed, "config": f"configs/{variant}_{base}.yaml", "knn_init": 0.2,
+            "knn": knn, "linear": knn + 0.05, "loss_first_epoch": 5.0, "loss_last_epoch": 4.0, "chance_loss": 5.54,
+            "minutes": 2.0, "epochs": 15, "fraction": 0.1, "batch_size": 128, "train_images": 5000, **kw}
+
+
+def test_hvs_real_table_pairs_seeds_and_lists_missing_runs():
+    """The HVS - base gap pairs runs of the same seed (hand-computed), mean ± std over seeds, and the
+    runs not recorded yet are named."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import hvs_real
+
+    runs = [_record("simclr", "base", 0, 0.30), _record("simclr", "base", 1, 0.34),
+            _record("simclr", "hvs", 0, 0.33), _record("simclr", "hvs", 1, 0.35)]
+    wanted = [(b, v, s) for s in (0, 1) for b in ("simclr", "mocov2") for v in ("base", "hvs")]
+    lines = hvs_real.table(runs, wanted)
+    hvs_row = next(line for line in lines if line.startswith("| HVS-SimCLR"))
+    cells = [c.strip() for c in hvs_row.strip("|").split("|")]
+    assert cells[2] == "0,1" and cells[4] == "34.0 ± 1.4"  # kNN of 33 and 35
+    assert cells[5] == "+2.0 ± 1.4"  # gaps +3 and +1
+    assert lines[-1] == "Not run yet: `mocov2_base_seed0`, `mocov2_hvs_seed0`, `mocov2_base_seed1`, `mocov2_hvs_seed1`."
+
+
+def test_hvs_real_chance_losses_and_skip_without_the_archive(tmp_path):
+    import math
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import hvs_real
+
+    from hardcl_lightning.methods import HVSSimCLR, MoCoV2
+
+    tiny = dict(backbone="resnet_tiny", cifar_stem=True, proj_hidden_dim=16, proj_output_dim=8)
+    assert hvs_real.chance_loss(HVSSimCLR(**tiny, batch_size=128)) == pytest.approx(math.log(255))
+    assert hvs_real.chance_loss(MoCoV2(**tiny, queue_size=4096)) == pytest.approx(math.log(4097))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hvs_real.py"), "--runs-dir", str(tmp_path)],
+                         capture_output=True, text=True, env={**os.environ, "HARDCL_CIFAR10_TAR": str(tmp_path / "absent.tar.gz"),
+                              "HARDCL_BENCH_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0 and "skipped: no CIFAR-10 archive" in out.stdout
+    assert not list(tmp_path.glob("*.json"))
