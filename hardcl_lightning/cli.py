@@ -8,6 +8,11 @@ datamodule knows reach the model through argument links, so they are written onc
 
 ``hardcl fit`` continues an unfinished run by itself (``--resume auto``, the default): a
 requeued or restarted job with the same config picks up its newest ``last.ckpt``.
+
+Configs compose: a config file whose top-level ``base_config`` names other files (relative to
+it) is read as those files, then itself (``--config base --config file``: later values win,
+``class_path`` changes keep the init_args the new class accepts, ``callbacks+:`` appends). So
+each recipe has one home and ``hvs_simclr.yaml`` is ``simclr_cifar10.yaml`` plus selection.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -89,8 +96,60 @@ class HardCLCLI(LightningCLI):
                   "--resume never starts a fresh one", flush=True)
 
 
+BASE_CONFIG_KEY = "base_config"
+
+
+def config_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """A config file and everything its ``base_config`` names, base first: [(file, its YAML
+    without ``base_config``)], in the order the CLI reads them."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: base_config cycle through {' -> '.join(str(p) for p in _seen)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or BASE_CONFIG_KEY not in data:
+        return [(path, data)]
+    bases = data.pop(BASE_CONFIG_KEY)
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    chain: list[tuple[Path, dict]] = []
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ValueError(f"{path}: base_config {base!r} does not exist (looked for {base_path})")
+        chain += config_chain(base_path, (*_seen, path.resolve()))
+    return chain + [(path, data)]
+
+
+def expand_base_configs(args: list[str]) -> list[str]:
+    """``--config F`` where F has a ``base_config`` -> one ``--config`` per file of its chain (the
+    composing file itself as a YAML string without the key); other arguments unchanged."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        chain = config_chain(value) if Path(value).is_file() else [(Path(value), None)]
+        if len(chain) == 1:
+            out += ["--config", value]  # a plain file or a YAML string: jsonargparse reads it
+            continue
+        for j, (path, data) in enumerate(chain):
+            plain = j < len(chain) - 1 and BASE_CONFIG_KEY not in (yaml.safe_load(path.read_text()) or {})
+            out += ["--config", str(path) if plain else yaml.safe_dump(data, sort_keys=False)]
+    return out
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
     """The CLI over ``args`` (``sys.argv`` when None); ``run=False`` only instantiates."""
+    if args is None:  # the command line: expanded in place (LightningCLI warns when given args and argv)
+        sys.argv[1:] = expand_base_configs(sys.argv[1:])
+    else:
+        args = expand_base_configs(list(args))
     return HardCLCLI(
         L.LightningModule,  # every method is a BaseMethod; GAN pre-training is not
         SSLDataModule,

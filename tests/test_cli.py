@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from hardcl_lightning.cli import build_cli, main
+from hardcl_lightning.cli import build_cli, config_chain, expand_base_configs, main
 
 ALL_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "data", "overlays"))
 # dataset overlays: composed after a method config (tests below)
@@ -81,7 +81,7 @@ def test_links_carry_values_between_data_and_model(tmp_path, monkeypatch):
 
 
 def _imagefolder_args(root: Path, config: Path) -> list[str]:
-    data_class = yaml.safe_load(config.read_text())["data"]["class_path"]
+    data_class = next(d["data"]["class_path"] for _, d in reversed(config_chain(config)) if "class_path" in d.get("data", {}))
     args = [] if data_class.endswith("ImageFolderDataModule") else ["--data=hardcl_lightning.data.ImageFolderDataModule"]
     return args + [
         f"--data.train_dir={root / 'train'}",
@@ -277,7 +277,6 @@ BASE_AND_HVS_CIFAR = [f"{m}_cifar10.yaml" for m in ("simclr", "mocov2", "simsiam
 @pytest.mark.parametrize("config", BASE_AND_HVS_CIFAR)
 def test_dataset_overlays_turn_every_cifar10_recipe_into_a_cifar100_or_stl10_one(config, overlay, tmp_path, monkeypatch):
     """``--config <method cifar10> --config configs/data/<dataset>.yaml``: the dataset changes, the recipe stays."""
-    import yaml as _yaml
 
     monkeypatch.chdir(tmp_path)
     base_file = CONFIGS[0].parent / config
@@ -294,7 +293,8 @@ def test_dataset_overlays_turn_every_cifar10_recipe_into_a_cifar100_or_stl10_one
         assert dm.view_specs[0].blur_prob > 0 and model.hparams["cifar_stem"] is False
     else:
         assert dm.image_size == base.datamodule.image_size and model.hparams["cifar_stem"] == base.model.hparams["cifar_stem"]
-    assert _yaml.safe_load(base_file.read_text())["data"]["class_path"].endswith("CIFAR10DataModule")
+    chain = config_chain(base_file)
+    assert next(d["data"]["class_path"] for _, d in reversed(chain) if "data" in d).endswith("CIFAR10DataModule")
 
 
 def test_unlabeled_folder_overlay_trains_an_imagefolder_recipe_on_a_plain_folder(tmp_path, monkeypatch):
@@ -334,3 +334,49 @@ def test_multicrop_overlay_adds_local_crops_to_a_two_crop_dino_recipe(config, tm
     assert dm.view_specs[0].crop_scale == (0.4, 1.0) and dm.num_views == base.datamodule.num_views
     assert cli.model.base_lr == base.model.base_lr and cli.model.ema_momentum == base.model.ema_momentum == 0.9995
     assert cli.trainer.state.finished
+
+
+def test_base_config_chains_compose_in_order_and_bad_chains_are_named(tmp_path):
+    """``base_config`` reads its files first (nested chains too), later values win; a missing base
+    or a cycle is an error naming the file."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("seed_everything: 1\ntrainer: {max_epochs: 3}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base_config: ../a.yaml\nseed_everything: 2\n")
+    (tmp_path / "c.yaml").write_text("base_config: [sub/b.yaml]\ntrainer: {max_epochs: 5}\n")
+    chain = config_chain(tmp_path / "c.yaml")
+    assert [p.name for p, _ in chain] == ["a.yaml", "b.yaml", "c.yaml"]
+    assert [d for _, d in chain] == [{"seed_everything": 1, "trainer": {"max_epochs": 3}}, {"seed_everything": 2},
+                                     {"trainer": {"max_epochs": 5}}]
+    args = expand_base_configs(["fit", f"--config={tmp_path / 'c.yaml'}", "--trainer.fast_dev_run=true"])
+    assert args[0] == "fit" and args[-1] == "--trainer.fast_dev_run=true" and args.count("--config") == 3
+    assert Path(args[2]).resolve() == tmp_path / "a.yaml"  # a plain base goes as its path; composing files as their YAML
+    assert yaml.safe_load(args[4]) == {"seed_everything": 2} and yaml.safe_load(args[6]) == {"trainer": {"max_epochs": 5}}
+    assert expand_base_configs(["--config", str(tmp_path / "a.yaml")]) == ["--config", str(tmp_path / "a.yaml")]
+    (tmp_path / "d.yaml").write_text("base_config: nowhere.yaml\n")
+    with pytest.raises(ValueError, match=r"d.yaml: base_config 'nowhere.yaml' does not exist"):
+        config_chain(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base_config: f.yaml\n")
+    (tmp_path / "f.yaml").write_text("base_config: e.yaml\n")
+    with pytest.raises(ValueError, match="base_config cycle"):
+        config_chain(tmp_path / "e.yaml")
+
+
+def test_a_composed_config_runs_from_the_command_line(tmp_path):
+    """``python -m hardcl_lightning fit --config configs/tiny/hvs_simclr.yaml`` (sys.argv, not args):
+    the base recipe plus selection trains, with no warning about args and argv."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "hardcl_lightning", "fit", "--config", str(CONFIGS[0].parent / "tiny" / "hvs_simclr.yaml"),
+           "--data.init_args.num_train=32", "--data.init_args.num_val=16", "--data.init_args.batch_size=8",
+           "--data.init_args.num_workers=0", "--trainer.fast_dev_run=true", "--print_config"]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = yaml.safe_load(run.stdout)
+    assert printed["model"]["class_path"].endswith("HVSSimCLR") and printed["model"]["init_args"]["optimizer"] == "adamw"
+    assert printed["trainer"]["callbacks"][-1]["class_path"].endswith("HVSImageGrid") and len(printed["trainer"]["callbacks"]) == 4
+    run = subprocess.run(cmd[:-1], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "not recommended to provide both args" not in run.stdout + run.stderr

@@ -61,8 +61,8 @@ def test_lars_with_clipping_equals_a_hand_written_clipped_step():
 def test_lars_clip_lr_reaches_the_optimizer_from_the_method_and_the_solo_learn_configs():
     from pathlib import Path
 
-    import yaml
 
+    from hardcl_lightning.cli import config_chain
     from hardcl_lightning.methods import SimCLR
 
     m = SimCLR(backbone="resnet_tiny", optimizer="lars", lars_clip_lr=True, scale_lr=False)
@@ -70,5 +70,7 @@ def test_lars_clip_lr_reaches_the_optimizer_from_the_method_and_the_solo_learn_c
     assert all(g["clip_lr"] for g in opt.param_groups)
     configs = Path(__file__).parents[1] / "configs"
     for name in ("simclr_cifar10", "byol_cifar10", "dino_cifar10", "hvs_simclr", "hvs_byol", "hvs_dino"):
-        args = yaml.safe_load((configs / f"{name}.yaml").read_text())["model"]["init_args"]
+        args = {}
+        for _, data in config_chain(configs / f"{name}.yaml"):  # a composed config: its base recipe, then itself
+            args.update(data.get("model", {}).get("init_args", {}))
         assert args["optimizer"] == "lars" and args["lars_clip_lr"] is True, name

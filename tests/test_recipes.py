@@ -10,7 +10,7 @@ from hardcl_lightning.cli import build_cli
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 HVS_KNOBS = {"num_views", "pair_mode", "limit_comparisons", "selection_resolution", "select_every", "selection_rule",
-             "reuse_targets", "scoring_updates_bn"}
+             "reuse_targets", "scoring_updates_bn", "num_local_crops_trained"}
 
 
 def recipe_table() -> dict[str, dict[str, str]]:
