@@ -12,6 +12,12 @@ Label -1 means "no label" (STL-10's unlabeled split, a folder of unlabeled image
 
 The view recipe (``augmentation``, ``num_views``, local crops) is the datamodule's; under the
 CLI, ``num_views`` is linked from the model so that it is written once.
+
+``augment_on: device``: the loader yields the uint8 images (``{"raw": Tensor[B,3,H,W] uint8,
+"label", "index"}``) and the views are made after the batch reaches the accelerator
+(``on_after_batch_transfer``), batched with per-sample parameters, by the ops of
+``hardcl_lightning.data.differentiable`` on the same ``ViewSpec`` numbers; the model sees the
+training batch layout above either way.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from hardcl_lightning.checkpointing import ignore_stop_signals_in_worker
+from hardcl_lightning.data.differentiable import DifferentiableViewAugmentation
 from hardcl_lightning.data.procedural import ShapesDataset
 from hardcl_lightning.data.transforms import (
     CIFAR_MEAN,
@@ -35,8 +42,25 @@ from hardcl_lightning.data.transforms import (
     IMAGENET_STD,
     MultiViewTransform,
     eval_transform,
+    to_uint8_tensor,
     view_specs_for,
 )
+
+AUGMENT_ON = ("cpu", "device")
+
+
+class RawImageDataset(Dataset):
+    """Training items for augmentation on the device: the image as uint8 [3, H, W], label, index."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, label = self.base[i]
+        return {"raw": to_uint8_tensor(img if isinstance(img, torch.Tensor) else img.convert("RGB")), "label": label, "index": i}
 
 
 class MultiViewDataset(Dataset):
@@ -107,8 +131,15 @@ class SSLDataModule(L.LightningDataModule):
             validation); the generator methods switch it on themselves.
         predict_split: what ``hardcl predict`` embeds: ``train`` (the training images, in bank
             order) or ``val``; None takes ``val`` when there is a validation set, else ``train``.
+        augment_on: ``cpu``: views cut and jittered per image with PIL in the loader workers;
+            ``device``: the loader sends uint8 images and every view is made on the accelerator in
+            one batched pass (``hardcl_lightning.data.differentiable``: jitter in a fixed order,
+            YIQ hue, out-of-image crops clamped; ``docs/methods.md``). Fixed-size datasets only
+            (CIFAR-10/100, STL-10, Shapes10).
     """
 
+    #: every image of the training set has one size (batches of raw images can be stacked)
+    fixed_size_images: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     eval_resize_ratio: float = 1.0
@@ -131,8 +162,16 @@ class SSLDataModule(L.LightningDataModule):
         seed: int = 0,
         with_image: bool = False,
         predict_split: str | None = None,
+        augment_on: str = "cpu",
     ) -> None:
         super().__init__()
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {augment_on!r}")
+        if augment_on == "device" and not self.fixed_size_images:
+            raise ValueError(f"augment_on='device' needs images of one size; {type(self).__name__} decodes images of any "
+                             "size, so its views are made on the CPU (augment_on: cpu)")
+        self.augment_on = augment_on
+        self._device_augmentations: list[DifferentiableViewAugmentation] | None = None
         self.with_image = with_image
         if predict_split not in (None, "train", "val"):
             raise ValueError(f"predict_split must be 'train', 'val' or None, got {predict_split!r}")
@@ -216,9 +255,37 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # drop_last: contrastive losses gather equal-sized batches across ranks
+        if self.augment_on == "device":
+            return self._loader(RawImageDataset(self._train), shuffle=True, drop_last=True)
         image_transform = self.eval_transform() if self.with_image else None
         train = MultiViewDataset(self._train, self.train_transform(), image_transform)
         return self._loader(train, shuffle=True, drop_last=True)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device augmentation: a batch of raw images becomes the training layout where it now lives."""
+        if isinstance(batch, dict) and "raw" in batch:
+            return self.device_views(batch)
+        return batch
+
+    @torch.no_grad()
+    def device_views(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``{"raw", "label", "index"}`` -> ``{"views", "boxes", "label", "index"}`` (+ ``"image"``):
+        every view of the recipe for the whole batch at once, per-sample random parameters."""
+        if self._device_augmentations is None:
+            self._device_augmentations = [DifferentiableViewAugmentation(spec, self.mean, self.std) for spec in self.view_specs]
+        raw = batch.pop("raw")
+        x = raw.float().div_(255)
+        made = [aug(x) for aug in self._device_augmentations]
+        batch["views"] = [v for v, _ in made]
+        batch["boxes"] = torch.stack([b for _, b in made], dim=1)
+        if self.with_image:
+            if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+                x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                    antialias=True, align_corners=False)
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            batch["image"] = (x - mean) / std
+        return batch
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
@@ -522,6 +589,8 @@ class ImageFolderDataModule(SSLDataModule):
         bad_images: ``fail`` stops at an unreadable file and names it; ``skip`` uses the next
             readable image instead and logs each skipped file with a running count.
     """
+
+    fixed_size_images = False
 
     def __init__(
         self,
