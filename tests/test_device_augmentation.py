@@ -82,8 +82,22 @@ def test_hvs_trains_on_device_made_views_through_the_trainer(tmp_path):
     assert model.last_selection["index_a"].shape == (8,)
 
 
-def test_device_augmentation_needs_fixed_size_images(tmp_path):
+def test_images_of_mixed_sizes_need_a_device_input_size(tmp_path):
+    """An ImageFolder tree of mixed sizes: without device_input_size the batch error says what to
+    set; with it, every raw image is that square (decoded and resized on the CPU)."""
+    from PIL import Image
+
+    for i, (w, h) in enumerate([(40, 30), (50, 64), (32, 32), (64, 48)]):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        Image.fromarray((torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()).save(tmp_path / "c" / f"{i}.png")
+    kw = dict(train_dir=str(tmp_path), batch_size=4, num_workers=0, image_size=16, augment_on="device")
+    with pytest.raises(ValueError, match="this batch has sizes .* set data.init_args.device_input_size"):
+        next(iter(ImageFolderDataModule(**kw).train_dataloader()))
+    dm = ImageFolderDataModule(**kw, device_input_size=24)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["raw"].shape == (4, 3, 24, 24)
+    assert [v.shape for v in dm.on_after_batch_transfer(batch, 0)["views"]] == [(4, 3, 16, 16)] * 2
     with pytest.raises(ValueError, match="augment_on must be one of \\['cpu', 'device'\\], got 'gpu'"):
         shapes(augment_on="gpu")
-    with pytest.raises(ValueError, match="augment_on='device' needs images of one size; ImageFolderDataModule"):
-        ImageFolderDataModule(train_dir=str(tmp_path), augment_on="device")
+    with pytest.raises(ValueError, match="device_input_size must be >= 1 or None, got 0"):
+        shapes(augment_on="device", device_input_size=0)

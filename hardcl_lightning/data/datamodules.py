@@ -50,17 +50,35 @@ AUGMENT_ON = ("cpu", "device")
 
 
 class RawImageDataset(Dataset):
-    """Training items for augmentation on the device: the image as uint8 [3, H, W], label, index."""
+    """Training items for augmentation on the device: the image as uint8 [3, H, W], label, index;
+    with ``size``, resized (shorter side) and centre-cropped to ``size`` x ``size`` first."""
 
-    def __init__(self, base: Dataset) -> None:
+    def __init__(self, base: Dataset, size: int | None = None) -> None:
+        from torchvision.transforms import v2
+
         self.base = base
+        self.resize = None if size is None else v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         img, label = self.base[i]
-        return {"raw": to_uint8_tensor(img if isinstance(img, torch.Tensor) else img.convert("RGB")), "label": label, "index": i}
+        img = to_uint8_tensor(img if isinstance(img, torch.Tensor) else img.convert("RGB"))
+        if self.resize is not None:
+            img = self.resize(img)
+        return {"raw": img, "label": label, "index": i}
+
+
+def collate_raw_images(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default collation, with an error that says what to set when the images differ in size."""
+    from torch.utils.data import default_collate
+
+    sizes = {tuple(item["raw"].shape) for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"augment_on='device' batches raw images, but this batch has sizes {sorted(sizes)}; set "
+                         "data.init_args.device_input_size (e.g. 256) to resize them to one size on the CPU")
+    return default_collate(items)
 
 
 class MultiViewDataset(Dataset):
@@ -134,12 +152,13 @@ class SSLDataModule(L.LightningDataModule):
         augment_on: ``cpu``: views cut and jittered per image with PIL in the loader workers;
             ``device``: the loader sends uint8 images and every view is made on the accelerator in
             one batched pass (``hardcl_lightning.data.differentiable``: jitter in a fixed order,
-            YIQ hue, out-of-image crops clamped; ``docs/methods.md``). Fixed-size datasets only
-            (CIFAR-10/100, STL-10, Shapes10).
+            YIQ hue, out-of-image crops clamped; ``docs/methods.md``).
+        device_input_size: with ``augment_on: device``, each training image is resized (shorter
+            side) and centre-cropped to this square on the CPU before it is sent (images of mixed
+            sizes, e.g. an ImageFolder tree; crops then come from that square); None sends the
+            images as they are, which must share one size (CIFAR, STL-10, Shapes10).
     """
 
-    #: every image of the training set has one size (batches of raw images can be stacked)
-    fixed_size_images: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     eval_resize_ratio: float = 1.0
@@ -163,14 +182,14 @@ class SSLDataModule(L.LightningDataModule):
         with_image: bool = False,
         predict_split: str | None = None,
         augment_on: str = "cpu",
+        device_input_size: int | None = None,
     ) -> None:
         super().__init__()
         if augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {augment_on!r}")
-        if augment_on == "device" and not self.fixed_size_images:
-            raise ValueError(f"augment_on='device' needs images of one size; {type(self).__name__} decodes images of any "
-                             "size, so its views are made on the CPU (augment_on: cpu)")
-        self.augment_on = augment_on
+        if device_input_size is not None and device_input_size < 1:
+            raise ValueError(f"device_input_size must be >= 1 or None, got {device_input_size}")
+        self.augment_on, self.device_input_size = augment_on, device_input_size
         self._device_augmentations: list[DifferentiableViewAugmentation] | None = None
         self.with_image = with_image
         if predict_split not in (None, "train", "val"):
@@ -234,9 +253,10 @@ class SSLDataModule(L.LightningDataModule):
         """Why the online kNN / probe are off, for their one message."""
         return f"{type(self).__name__} has no labelled validation set"
 
-    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None, collate_fn=None) -> DataLoader:
         return DataLoader(
             ds,
+            collate_fn=collate_fn,
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
@@ -256,7 +276,8 @@ class SSLDataModule(L.LightningDataModule):
         self.setup()
         # drop_last: contrastive losses gather equal-sized batches across ranks
         if self.augment_on == "device":
-            return self._loader(RawImageDataset(self._train), shuffle=True, drop_last=True)
+            return self._loader(RawImageDataset(self._train, self.device_input_size), shuffle=True, drop_last=True,
+                                collate_fn=collate_raw_images)
         image_transform = self.eval_transform() if self.with_image else None
         train = MultiViewDataset(self._train, self.train_transform(), image_transform)
         return self._loader(train, shuffle=True, drop_last=True)
@@ -589,8 +610,6 @@ class ImageFolderDataModule(SSLDataModule):
         bad_images: ``fail`` stops at an unreadable file and names it; ``skip`` uses the next
             readable image instead and logs each skipped file with a running count.
     """
-
-    fixed_size_images = False
 
     def __init__(
         self,
