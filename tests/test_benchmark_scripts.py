@@ -97,3 +97,18 @@ def test_hvs_real_chance_losses_and_skip_without_the_archive(tmp_path):
                               "HARDCL_BENCH_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0 and "skipped: no CIFAR-10 archive" in out.stdout
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_gpu_epoch_tiny_prints_every_arm_against_the_bound():
+    """The tiny run (what CI can do): a row per method and data path, the bound's ratio 1.00, and
+    the seconds per epoch = ms/step x 50000 / batch."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--methods", "SimCLR", "MoCHi",
+                          "--steps", "2", "--warmup", "1", "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "ms / step" not in line]
+    rows = [[c.strip() for c in r] for r in rows]
+    assert [(r[0], r[1]) for r in rows] == [(m, p) for m in ("SimCLR", "MoCHi") for p in ("cpu", "device", "bound")]
+    for r in rows:
+        assert float(r[3]) == pytest.approx(float(r[2]) / 1000 * (50000 // 32), rel=0.01, abs=0.1)
+        if r[1] == "bound":
+            assert r[4] == "1.00"

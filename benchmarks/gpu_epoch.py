@@ -1,0 +1,152 @@
+"""Seconds per CIFAR-10 epoch of each method with the CPU and the device data path, beside the model-only bound.
+
+    python benchmarks/gpu_epoch.py                     # on a GPU: the CIFAR configs, ResNet-18, bf16, channels_last
+    python benchmarks/gpu_epoch.py --tiny              # any machine (CI): resnet_tiny, a few steps, 32-bit
+    python benchmarks/gpu_epoch.py --compile           # also torch.compile the backbone (inductor)
+
+Methods: SimCLR, HVS-SimCLR (scoring at full and at half resolution), MoCo v2 and MoCHi, each from its
+CIFAR config (``configs/<method>_cifar10.yaml``: heads, loss, optimiser) on the CIFAR-10 training
+images of ``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``; Shapes10 when absent, and
+with ``--tiny``). Data paths:
+
+- ``cpu``: views cut and jittered with PIL in ``--workers`` loader processes (``augment_on: cpu``);
+- ``device``: uint8 images to the accelerator, every view made there in one batched pass
+  (``augment_on: device``);
+- ``bound``: the same steps on one pre-made batch that is already on the device, repeated: what
+  the model alone costs, the floor both data paths are measured against.
+
+Each arm trains ``--steps`` timed steps after ``--warmup`` steps; seconds per epoch = median step
+time x (50000 / batch). Printed: a table with the ratio of each path to the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, StepTimer, cifar10_root, machine  # noqa: E402
+
+ARMS = {  # name -> (config, extra CLI arguments)
+    "SimCLR": ("simclr_cifar10", []),
+    "HVS-SimCLR": ("hvs_simclr", []),
+    "HVS-SimCLR (scored at 16 px)": ("hvs_simclr", ["--model.selection_resolution=16"]),
+    "MoCo v2": ("mocov2_cifar10", []),
+    "MoCHi": ("mochi_cifar10", ["--model.mix_start_epoch=0"]),
+}
+PATHS = ("cpu", "device", "bound")
+CIFAR_TRAIN_IMAGES = 50000
+
+
+class RepeatedBatch(L.LightningDataModule):
+    """One training batch, already on the device, served ``steps`` times: the model-only bound."""
+
+    def __init__(self, batch: dict, steps: int) -> None:
+        super().__init__()
+        self.batch, self.steps = batch, steps
+
+    def train_dataloader(self):
+        return [0] * self.steps
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return self.batch
+
+
+def arm_args(config: str, extra: list[str], path: str, tiny: bool, root: Path | None, batch: int, workers: int,
+             steps: int) -> list[str]:
+    gpu = torch.cuda.is_available() and not tiny
+    args = ["--config", str(REPO / "configs" / f"{config}.yaml"), *extra, "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            f"--trainer.max_steps={steps}", "--trainer.devices=1", "--trainer.sync_batchnorm=false",
+            f"--trainer.accelerator={'gpu' if gpu else 'cpu'}", f"--trainer.precision={'bf16-mixed' if gpu else '32-true'}",
+            f"--data.batch_size={batch}", f"--data.num_workers={workers}",
+            f"--data.augment_on={'cpu' if path == 'cpu' else 'device'}"]
+    if gpu:
+        args.append("--model.channels_last=true")
+    if tiny:
+        args += ["--model.backbone=resnet_tiny", "--model.proj_hidden_dim=64"]
+        if "mocov2" in config or "mochi" in config:
+            args += ["--model.queue_size=256"]
+        if "mochi" in config:
+            args += ["--model.mixing=[64, 64, 32]"]
+    if root is not None:
+        args += ["--data=hardcl_lightning.data.ImageFolderDataModule", f"--data.train_dir={root / 'train'}", "--data.image_size=32"]
+        if tiny:
+            args.append("--data.train_fraction=0.02")
+    else:
+        args += ["--data=hardcl_lightning.data.ShapesDataModule", "--data.num_train=2000", "--data.num_val=10"]
+    return args
+
+
+def measure(name: str, path: str, args: argparse.Namespace, root: Path | None) -> float:
+    """Median seconds per training step of one arm."""
+    from hardcl_lightning.cli import build_cli
+
+    config, extra = ARMS[name]
+    total = args.warmup + args.steps + 1
+    argv = arm_args(config, extra, path, args.tiny, root, args.batch_size, args.workers, total)
+    if args.compile:
+        argv.append("--model.compile_backend=inductor")
+    L.seed_everything(0, verbose=False)
+    cli = build_cli(argv, run=False)
+    timer = StepTimer(warmup=args.warmup)
+    cli.trainer.callbacks.append(timer)
+    dm = cli.datamodule
+    if path == "bound":
+        batch = next(iter(dm.train_dataloader()))
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+        batch = dm.on_after_batch_transfer(L.pytorch.utilities.move_data_to_device(batch, device), 0)
+        dm = RepeatedBatch(batch, total)
+    cli.trainer.fit(cli.model, dm)
+    return timer.seconds_per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="resnet_tiny, 32-bit, 2 %% of the images: any machine, CI")
+    parser.add_argument("--methods", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256 (32 with --tiny)")
+    parser.add_argument("--workers", type=int, default=None, help="loader processes of the cpu path (default: cores - 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per arm (default 30; 3 with --tiny)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 2 with --tiny)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (inductor)")
+    args = parser.parse_args()
+    import os
+    import warnings
+
+    from hardcl_lightning.quiet import silence_known_noise
+
+    silence_known_noise()
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # our own argv, not the CLI's
+
+    args.batch_size = args.batch_size or (32 if args.tiny else 256)
+    args.workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 2)
+    args.steps = args.steps or (3 if args.tiny else 30)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 10)
+    root = cifar10_root()
+    print(f"{machine()}; data: {'CIFAR-10 train' if root else 'Shapes10 (no CIFAR-10 archive)'}; batch {args.batch_size}; "
+          f"{args.steps} timed steps after {args.warmup}; {'tiny' if args.tiny else 'CIFAR configs'}", flush=True)
+    rows = []
+    for name in args.methods:
+        times = {path: measure(name, path, args, root) for path in args.paths}
+        rows.append((name, times))
+        print(f"{name}: " + ", ".join(f"{p} {t * 1000:.1f} ms/step" for p, t in times.items()), flush=True)
+    steps_per_epoch = CIFAR_TRAIN_IMAGES // args.batch_size
+    print()
+    print("| method | data path | ms / step | s / CIFAR-10 epoch | x bound | images/s |")
+    print("|---|---|---|---|---|---|")
+    for name, times in rows:
+        bound = times.get("bound")
+        for path, t in times.items():
+            ratio = f"{t / bound:.2f}" if bound else "-"
+            print(f"| {name} | {path} | {t * 1000:.1f} | {t * steps_per_epoch:.1f} | {ratio} | {args.batch_size / t:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
