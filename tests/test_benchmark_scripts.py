@@ -112,3 +112,34 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound():
         assert float(r[3]) == pytest.approx(float(r[2]) / 1000 * (50000 // 32), rel=0.01, abs=0.1)
         if r[1] == "bound":
             assert r[4] == "1.00"
+
+
+def test_gpu_suite_chooses_the_largest_epoch_count_that_fits_and_writes_its_table(tmp_path, monkeypatch):
+    """E by hand: two arms of 10 s and 20 s per epoch, 5 s per evaluation every 2 epochs, 200 s left:
+    E=5 costs 150 + 2 x 3 x 5 = 180 s, E=6 costs 180 + 2 x 4 x 5 = 220 s. The table lists every
+    evaluation epoch of every arm."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_suite
+
+    probes = {"a": {"step_seconds": 0.1, "steps_per_epoch": 100}, "b": {"step_seconds": 0.2, "steps_per_epoch": 100}}
+    epochs, why = gpu_suite.choose_epochs(probes, budget_s=260, spent_s=60, eval_every=2, eval_s=5)
+    assert epochs == 5 and "30.0 s per epoch" in why
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nkept\n")
+    monkeypatch.setattr(gpu_suite, "RESULTS", results)
+    row = {"train_images": 50000, "images_per_s": 1234.4, "knn": [(0, 0.2), (2, 0.41), (4, 0.5)]}
+    gpu_suite.write_results([("SimCLR", "simclr_cifar10", row), ("MoCHi", "mochi_cifar10", {**row, "knn": [(0, 0.2), (4, 0.55)]})],
+                            4, "why", "python benchmarks/gpu_suite.py", 7.5)
+    text = results.read_text()
+    assert text.startswith("# Results\n\nkept\n") and "| kNN ep 0 (%) | kNN ep 2 (%) | kNN ep 4 (%) |" in text
+    assert "| SimCLR | `simclr_cifar10` | 1234 | 20.0 | 41.0 | 50.0 |" in text and "| MoCHi | `mochi_cifar10` | 1234 | 20.0 | - | 55.0 |" in text
+    gpu_suite.write_results([("SimCLR", "simclr_cifar10", row)], 4, "why", "cmd", 1.0)  # replaces its own section
+    assert results.read_text().count("## Real-scale CIFAR-10 on one GPU") == 1
+
+
+def test_gpu_suite_tiny_trains_its_arms():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--tiny", "--epochs", "1", "--workers", "1",
+                          "--arms", "HVS-SimCLR", "MoCHi", "--no-write"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("HVS-SimCLR", "MoCHi"):
+        assert re.search(rf"^{re.escape(name)}: kNN ep 0: [\d.]+, ep 1: [\d.]+ %, \d+ img/s$", out.stdout, re.M), out.stdout
