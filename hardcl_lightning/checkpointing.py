@@ -91,6 +91,9 @@ class ResumableState:
     """
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        parent = getattr(super(), "on_save_checkpoint", None)  # cooperative: mixins after this one add theirs
+        if parent is not None:
+            parent(checkpoint)
         checkpoint["rng_states"] = capture_rng_states()
         trainer = getattr(self, "_trainer", None)
         for logger in getattr(trainer, "loggers", []) if trainer is not None else []:
@@ -98,6 +101,9 @@ class ResumableState:
                 checkpoint["wandb_run_id"] = logger.version
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
 

@@ -277,3 +277,28 @@ def test_missing_real_images_give_a_clear_error():
     batch = batch_of(datamodule(), with_image=False)
     with pytest.raises(ValueError, match="with_image: true"):
         model.real_pixels(batch)
+
+
+def test_a_generator_pre_trained_on_other_images_is_refused_naming_both_subsets(tmp_path):
+    """Problem 1 of the generator redesign: a GAN pre-trained on the whole set, then a joint run on
+    half of it (the data-efficiency setting) must not start; the same subset loads."""
+    L.seed_everything(0)
+    gan = GANPretrain(batch_size=16, **GAN_TINY)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=1, enable_checkpointing=True)
+    t.fit(gan, datamodule(num_views=1, augmentation="none"))
+    path = t.checkpoint_callback.best_model_path
+    saved = torch.load(path, map_location="cpu", weights_only=False)["train_subset"]
+    assert saved["images"] == 64 and saved == datamodule().train_subset()
+    joint = HardSampleCL(**TINY, **GAN_TINY, generator_checkpoint=path)
+    with pytest.raises(ValueError, match=r"was trained on 64 of 64 images of Shapes10.*this run trains on 34 of 64 images "
+                                         r"of Shapes10\(.*\) \(train_fraction 0.5, seed 0\)"):
+        trainer(max_epochs=1, limit_train_batches=1).fit(joint, datamodule(train_fraction=0.5))
+
+
+def test_train_subset_digest_tells_subsets_and_sources_apart(tmp_path):
+    base = datamodule().train_subset()
+    assert datamodule().train_subset() == base
+    others = [datamodule(train_fraction=0.5), datamodule(train_fraction=0.5, seed=1), datamodule(num_train=80),
+              ShapesDataModule(num_train=64, num_val=32, batch_size=16, data_seed=3)]
+    digests = {base["digest"]} | {dm.train_subset()["digest"] for dm in others}
+    assert len(digests) == 5

@@ -330,6 +330,27 @@ class SSLDataModule(L.LightningDataModule):
         ds = self._val if split == "val" else self._train
         return self._loader(EvalDataset(ds, self.eval_transform()), shuffle=False, drop_last=False)
 
+    def data_source(self) -> str:
+        """What the training images are drawn from (``train_subset`` hashes it with the subset)."""
+        return type(self).__name__
+
+    def train_subset(self) -> dict[str, Any]:
+        """Which images this datamodule trains on: a description and a digest of exactly those items
+        (the source, and the file paths or the dataset indices of the subset). The generator methods
+        store it with a pre-trained GAN and refuse a GAN that saw other images."""
+        import hashlib
+
+        self.setup()
+        train = self._train
+        indices = list(train.indices) if isinstance(train, Subset) else list(range(len(train)))  # type: ignore[arg-type]
+        digest = hashlib.sha256(self.data_source().encode())
+        paths = self.paths("train")
+        digest.update("\n".join(paths).encode() if paths is not None else torch.tensor(indices, dtype=torch.long).numpy().tobytes())
+        total = len(train.dataset) if isinstance(train, Subset) else len(train)  # type: ignore[arg-type]
+        return {"digest": digest.hexdigest()[:16], "images": len(indices),
+                "description": f"{len(indices)} of {total} images of {self.data_source()} "
+                               f"(train_fraction {self.train_fraction}, seed {self.seed})"}
+
     def paths(self, split: str) -> list[str] | None:
         """The image file of every item of ``split`` (``train`` in bank order, or ``val``), or None
         for datasets that are not files (CIFAR, the embedded dataset)."""
@@ -399,6 +420,9 @@ class ShapesDataModule(SSLDataModule):
         if num_train < 10 or num_val < 10:
             raise ValueError(f"num_train and num_val must be >= 10, got {num_train} and {num_val}")
         self.num_train, self.num_val, self.data_seed, self.grayscale = num_train, num_val, data_seed, grayscale
+
+    def data_source(self) -> str:
+        return f"Shapes10(num_train={self.num_train}, data_seed={self.data_seed}, image_size={self.image_size}, grayscale={self.grayscale})"
 
     def train_base(self) -> Dataset:
         return ShapesDataset(self.num_train, self.image_size, seed=self.data_seed, grayscale=self.grayscale)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -90,12 +91,24 @@ def local_loss(method: Any) -> Iterator[None]:
             method.gather_distributed = saved
 
 
-def load_gan_state(gan: GAN, path: str) -> None:
+def load_gan_state(gan: GAN, path: str, train_subset: dict[str, Any] | None = None) -> None:
     """Load G and D from a Lightning checkpoint of any module that holds a ``gan`` (``GANPretrain``
-    or a joint method); a clear error when the file or the architecture does not match."""
+    or a joint method); a clear error when the file or the architecture does not match, or when
+    the GAN was trained on other images than ``train_subset`` (this run's ``SSLDataModule.train_subset``):
+    a GAN pre-trained on the full set would leak the rest of it into a data-efficiency run."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"generator_checkpoint={path!r} does not exist; give a GANPretrain checkpoint (.ckpt)")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = ckpt.get("train_subset")
+    if train_subset is not None and saved is None:
+        warnings.warn(f"generator_checkpoint={path!r} does not say which images its GAN was trained on (an older "
+                      "checkpoint): it cannot be checked against this run's training subset")
+    elif train_subset is not None and saved["digest"] != train_subset["digest"]:
+        raise ValueError(
+            f"generator_checkpoint={path!r} was trained on {saved['description']}, but this run trains on "
+            f"{train_subset['description']}: its GAN has seen other images than this run may use. Pre-train the GAN "
+            "with the same data settings (train_fraction, seed, dataset) as this run"
+        )
     state = {k[len("gan."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("gan.")}
     if not state:
         raise ValueError(f"generator_checkpoint={path!r} holds no 'gan.*' weights; give a GANPretrain or joint-method checkpoint")
@@ -140,6 +153,13 @@ class AdversarialTraining:
         self.gan = GAN(latent_dim, image_size, g_channels, d_channels, diffaugment_policy)
         self.g_lr, self.d_lr, self.gan_betas, self.gan_lr_schedule = g_lr, d_lr, tuple(gan_betas), gan_lr_schedule
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which images the GAN was trained on (``load_gan_state`` checks it)."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None  # type: ignore[attr-defined]
+        if dm is not None and hasattr(dm, "train_subset"):
+            checkpoint["train_subset"] = dm.train_subset()
 
     def resolve_pixel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalisation of the datamodule's images (to undo it: D and G work in [0, 1])."""
@@ -362,7 +382,8 @@ class HardSampleMixin(AdversarialTraining):
     def on_fit_start(self) -> None:
         super().on_fit_start()  # type: ignore[misc]
         if self.generator_checkpoint and self.trainer.ckpt_path is None:  # type: ignore[attr-defined]
-            load_gan_state(self.gan, self.generator_checkpoint)
+            dm = getattr(self.trainer, "datamodule", None)  # type: ignore[attr-defined]
+            load_gan_state(self.gan, self.generator_checkpoint, dm.train_subset() if hasattr(dm, "train_subset") else None)
 
     def configure_optimizers(self):
         main = super().configure_optimizers()  # type: ignore[misc]
