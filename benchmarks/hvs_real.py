@@ -16,6 +16,9 @@ the mean training loss of the first and the last epoch beside the loss an uninfo
 (``chance``: NT-Xent log(2B-1), InfoNCE log(K+1), DINO log(prototypes), SimSiam 0 (cosine 0),
 BYOL 4 (2 - 2 cos, both directions)), and minutes.
 
+Diagnostics (why a variant loses, one change at a time): ``--set model.reuse_targets=false``
+(any CLI option, repeatable) runs the selected variants with it, as rows of their own.
+
 Each run is one process and writes ``benchmarks/hvs_real/<run>.json`` (kept in the repository: the
 table is made from them, so runs accumulate across sessions; ``--force`` re-runs). The table in
 RESULTS.md lists every recorded run and the runs still missing.
@@ -52,8 +55,15 @@ def config_path(base: str, variant: str) -> Path:
     return REPO / "configs" / (f"{base}_cifar10.yaml" if variant == "base" else f"hvs_{base}.yaml")
 
 
-def run_name(base: str, variant: str, seed: int) -> str:
-    return f"{base}_{variant}_seed{seed}"
+def run_name(base: str, variant: str, seed: int, overrides: tuple[str, ...] = ()) -> str:
+    tag = "".join("_" + o.split(".")[-1].replace("=", "-") for o in overrides)
+    return f"{base}_{variant}{tag}_seed{seed}"
+
+
+def label(record: dict) -> str:
+    """``base``, ``hvs`` or ``hvs [reuse_targets=false]`` (a diagnostic: the variant with ``--set`` overrides)."""
+    over = record.get("overrides") or []
+    return record["variant"] + (f" [{', '.join(o.split('.')[-1] for o in over)}]" if over else "")
 
 
 def cpu_overrides(base: str, epochs: int, batch: int, root: Path, fraction: float, seed: int, tmp: str) -> list[str]:
@@ -106,7 +116,8 @@ class EpochLoss(L.Callback):
         return [s / max(c, 1) for s, c in zip(self.sums, self.counts)]
 
 
-def run_child(base: str, variant: str, seed: int, epochs: int, batch: int, fraction: float, out: Path) -> None:
+def run_child(base: str, variant: str, seed: int, epochs: int, batch: int, fraction: float, out: Path,
+              overrides: tuple[str, ...] = ()) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from results import evaluate
 
@@ -117,8 +128,8 @@ def run_child(base: str, variant: str, seed: int, epochs: int, batch: int, fract
     root = cifar10_root()
     losses = EpochLoss()
     with tempfile.TemporaryDirectory() as tmp:
-        cli = build_cli(["--config", str(config_path(base, variant)), *cpu_overrides(base, epochs, batch, root, fraction, seed, tmp)],
-                        run=False)
+        cli = build_cli(["--config", str(config_path(base, variant)), *cpu_overrides(base, epochs, batch, root, fraction, seed, tmp),
+                         *(f"--{o}" for o in overrides)], run=False)
         cli.trainer.callbacks.append(losses)
         dm = cli.datamodule
         dm.setup("fit")
@@ -128,13 +139,14 @@ def run_child(base: str, variant: str, seed: int, epochs: int, batch: int, fract
         minutes = (time.perf_counter() - t0) / 60
     final = evaluate(cli.model, dm)
     record = {
-        "base": base, "variant": variant, "seed": seed, "method": type(cli.model).__name__,
+        "base": base, "variant": variant, "overrides": list(overrides), "seed": seed, "method": type(cli.model).__name__,
         "config": str(config_path(base, variant).relative_to(REPO)), "epochs": epochs, "fraction": fraction, "batch_size": batch,
         "train_images": len(dm._train), "knn_init": init["knn"], "knn": final["knn"], "linear": final["linear"],
         "loss_first_epoch": losses.means[0], "loss_last_epoch": losses.means[-1], "chance_loss": chance_loss(cli.model),
         "minutes": minutes, "date": datetime.date.today().isoformat(), "machine": machine(),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-        "command": f"python benchmarks/hvs_real.py --epochs {epochs} --fraction {fraction} --batch-size {batch}",
+        "command": f"python benchmarks/hvs_real.py --epochs {epochs} --fraction {fraction} --batch-size {batch}"
+                   + "".join(f" --set {o}" for o in overrides),
     }
     out.write_text(json.dumps(record, indent=1) + "\n")
 
@@ -150,36 +162,38 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(runs: list[dict], wanted: list[tuple[str, str, int]]) -> list[str]:
+def table(runs: list[dict], wanted: list[tuple]) -> list[str]:
     """One row per (base, variant): mean ± std over the recorded seeds, and the HVS - base kNN gap."""
     by: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
-        by.setdefault((r["base"], r["variant"]), []).append(r)
+        by.setdefault((r["base"], label(r)), []).append(r)
     lines = ["| method | config | seeds | kNN before (%) | kNN (%) | HVS - base kNN | linear (%) | loss first -> last epoch | chance loss | minutes / run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for base in BASES:
-        for variant in ("base", "hvs"):
+        labels = ["base", "hvs"] + sorted(lab for b, lab in by if b == base and lab not in ("base", "hvs"))
+        for variant in labels:
             rs = sorted(by.get((base, variant), []), key=lambda r: r["seed"])
             if not rs:
                 continue
             gap = "-"
-            if variant == "hvs" and by.get((base, "base")):
+            if variant != "base" and by.get((base, "base")):
                 pairs = {r["seed"]: r["knn"] for r in by[(base, "base")]}
                 diffs = [r["knn"] - pairs[r["seed"]] for r in rs if r["seed"] in pairs]
                 gap = f"{'+' if statistics.mean(diffs) >= 0 else ''}{fmt(diffs, 100)}" if diffs else "-"
-            name = ("HVS-" if variant == "hvs" else "") + NAMES[base]
+            name = ("HVS-" if variant != "base" else "") + NAMES[base] + variant.removeprefix("hvs").removeprefix("base")
             lines.append(f"| {name} | `{rs[0]['config']}` | {','.join(str(r['seed']) for r in rs)} | {fmt([r['knn_init'] for r in rs], 100)} | "
                          f"{fmt([r['knn'] for r in rs], 100)} | {gap} | {fmt([r['linear'] for r in rs], 100)} | "
                          f"{fmt([r['loss_first_epoch'] for r in rs], digits=2)} -> {fmt([r['loss_last_epoch'] for r in rs], digits=2)} | "
                          f"{rs[0]['chance_loss']:.2f} | {fmt([r['minutes'] for r in rs])} |")
-    done = {(r["base"], r["variant"], r["seed"]) for r in runs}
+    done = {(r["base"], r["variant"], r["seed"], tuple(r.get("overrides") or ())) for r in runs}
+    wanted = [w if len(w) == 4 else (*w, ()) for w in wanted]  # (base, variant, seed[, overrides])
     missing = [run_name(*w) for w in wanted if w not in done]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
     return lines
 
 
-def write_results(runs: list[dict], wanted: list[tuple[str, str, int]]) -> None:
+def write_results(runs: list[dict], wanted: list[tuple]) -> None:
     if not runs:
         return
     first = runs[0]
@@ -211,6 +225,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a diagnostic: this CLI option on the selected variants, e.g. model.reuse_targets=false "
+                             "(recorded as its own row); repeatable")
     parser.add_argument("--force", action="store_true", help="re-run runs that have a record")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run records go (tests use a temporary one)")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
@@ -219,21 +236,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         base, variant, seed = args.child
-        run_child(base, variant, int(seed), args.epochs, args.batch_size, args.fraction, args.out)
+        run_child(base, variant, int(seed), args.epochs, args.batch_size, args.fraction, args.out, tuple(args.overrides))
         return
     if cifar10_root() is None:
         print("skipped: no CIFAR-10 archive (data/cifar10-jpg.tar.gz or $HARDCL_CIFAR10_TAR)")
         return
     runs_dir = args.runs_dir or RUNS_DIR
     runs_dir.mkdir(parents=True, exist_ok=True)
-    wanted = [(b, v, s) for s in args.seeds for b in args.bases for v in args.variants]
-    for base, variant, seed in wanted:
-        out = runs_dir / f"{run_name(base, variant, seed)}.json"
+    overrides = tuple(args.overrides)
+    wanted = [(b, v, s, overrides) for s in args.seeds for b in args.bases for v in args.variants]
+    for base, variant, seed, _ in wanted:
+        out = runs_dir / f"{run_name(base, variant, seed, overrides)}.json"
         if out.exists() and not args.force:
             continue
         print(f"running {out.stem} ...", flush=True)
         cmd = [sys.executable, __file__, "--child", base, variant, str(seed), "--epochs", str(args.epochs),
-               "--fraction", str(args.fraction), "--batch-size", str(args.batch_size), "--out", str(out)]
+               "--fraction", str(args.fraction), "--batch-size", str(args.batch_size), "--out", str(out),
+               *(f"--set={o}" for o in overrides)]
         proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if proc.returncode != 0:
             print(f"{out.stem} failed (exit {proc.returncode})", flush=True)

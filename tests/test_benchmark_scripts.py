@@ -143,3 +143,16 @@ def test_gpu_suite_tiny_trains_its_arms():
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("HVS-SimCLR", "MoCHi"):
         assert re.search(rf"^{re.escape(name)}: kNN ep 0: [\d.]+, ep 1: [\d.]+ %, \d+ img/s$", out.stdout, re.M), out.stdout
+
+
+def test_hvs_real_diagnostic_rows_are_their_own_and_pair_with_the_base():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import hvs_real
+
+    runs = [_record("mocov2", "base", 0, 0.38), _record("mocov2", "hvs", 0, 0.33),
+            _record("mocov2", "hvs", 0, 0.36, overrides=["model.reuse_targets=false"])]
+    lines = hvs_real.table(runs, [("mocov2", "hvs", 0, ("model.reuse_targets=false",))])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| ")}
+    assert rows["HVS-MoCo v2 [reuse_targets=false]"][5] == "-2.0" and rows["HVS-MoCo v2"][5] == "-5.0"
+    assert not any(line.startswith("Not run yet") for line in lines)
+    assert hvs_real.run_name("mocov2", "hvs", 1, ("model.reuse_targets=false",)) == "mocov2_hvs_reuse_targets-false_seed1"
