@@ -27,3 +27,25 @@ def frozen_batchnorm_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
             bn.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def no_running_stat_updates(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Forwards in train mode (batch statistics) whose batches do not enter the running statistics.
+
+    Unlike ``frozen_batchnorm_stats`` it writes nothing back, so the graph of the forwards inside
+    can be back-propagated after the block: each BatchNorm's momentum is 0 inside (the running
+    update then keeps the old value) and its batch counter is put back. For batches that are
+    not real training images (generated samples), which evaluation statistics must not see.
+    """
+    bns = [bn for m in modules for bn in m.modules() if isinstance(bn, _BatchNorm) and bn.track_running_stats]
+    saved = [(bn, bn.momentum, bn.num_batches_tracked.clone() if bn.num_batches_tracked is not None else None) for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        yield
+    finally:
+        for bn, momentum, count in saved:
+            bn.momentum = momentum
+            if count is not None:
+                bn.num_batches_tracked.copy_(count)

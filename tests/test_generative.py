@@ -1,6 +1,7 @@
 """Generator-adversarial hard samples: gradients, frozen parts, optimiser ownership, equivalence
 with the base method, checkpoints and resume, schedules, and GAN pre-training."""
 
+import copy
 import math
 
 import lightning as L
@@ -302,3 +303,29 @@ def test_train_subset_digest_tells_subsets_and_sources_apart(tmp_path):
               ShapesDataModule(num_train=64, num_val=32, batch_size=16, data_seed=3)]
     digests = {base["digest"]} | {dm.train_subset()["digest"] for dm in others}
     assert len(digests) == 5
+
+
+@pytest.mark.parametrize("cls", ["HardSampleCL", "PositivePairCL"])
+def test_generated_batches_leave_the_evaluation_batchnorm_statistics_to_real_images(cls):
+    """Problem 4 of the generator redesign: the main step's forwards of generated views use batch
+    statistics but do not move the running statistics; they end as after the real views alone,
+    and the main loss still back-propagates through the generated views."""
+    import hardcl_lightning.methods as methods
+
+    torch.manual_seed(0)
+    model = getattr(methods, cls)(**TINY, **GAN_TINY).train()
+    reference = copy.deepcopy(model)
+    batch = next(iter(datamodule(with_image=True).train_dataloader()))
+    loss, outs, stats = model.main_loss(batch)
+    assert {"train/loss_syn", "hard/pair_pos_loss"} & set(stats)  # generated views were forwarded
+    loss.backward()  # the graph through the generated views is intact
+    reference.embed_training_views(batch)  # the real views only
+    ref = dict(reference.named_buffers())
+    checked = 0
+    for name, a in model.named_buffers():  # the contrastive model's (the generators' own BatchNorm is theirs)
+        if ("running" in name or "num_batches_tracked" in name) and not name.startswith(("gan.", "generator_b.")):
+            assert torch.equal(a, ref[name]), name
+            checked += 1
+    assert checked > 10
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.momentum == 0.1  # restored

@@ -52,7 +52,7 @@ from hardcl_lightning.checkpointing import ResumableState
 from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, DifferentiableViewAugmentation
 from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
 from hardcl_lightning.gan import GAN
-from hardcl_lightning.batchnorm import frozen_batchnorm_stats
+from hardcl_lightning.batchnorm import frozen_batchnorm_stats, no_running_stat_updates
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs, sync_lambda_schedules
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
@@ -437,7 +437,8 @@ class HardSampleMixin(AdversarialTraining):
     def synthetic_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, list[ViewOutputs]]:
         """The base method's training loss on two views of ``images`` (a batch of its own, on each
         rank: generated samples are not gathered across ranks), and their outputs."""
-        outs = self.embed(self.synthetic_views(images))  # type: ignore[attr-defined]
+        with no_running_stat_updates(self.main_modules()):  # evaluation statistics: real images only
+            outs = self.embed(self.synthetic_views(images))  # type: ignore[attr-defined]
         with local_loss(self):
             return self.training_loss(outs), outs  # type: ignore[attr-defined]
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hardcl_lightning.batchnorm import no_running_stat_updates
 from hardcl_lightning.losses import multi_positive_nt_xent
 from hardcl_lightning.methods.base import ViewOutputs
 from hardcl_lightning.methods.generative import SCHEDULES, HardSampleMixin, ramp
@@ -173,7 +174,8 @@ class PositivePairMixin(HardSampleMixin):
     def positive_pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Multi-positive loss on two views of each of ``a`` and ``b``: four positives per instance."""
         views = [*self.synthetic_views(a), *self.synthetic_views(b)]
-        outs = self.embed(views)  # type: ignore[attr-defined]
+        with no_running_stat_updates(self.main_modules()):  # evaluation statistics: real images only
+            outs = self.embed(views)  # type: ignore[attr-defined]
         z = torch.stack([self.projection(o) for o in outs], dim=1)  # [n, 4, D]
         # per rank, like every loss on generated samples (generative.local_loss says why)
         return multi_positive_nt_xent(z, self.temperature, gather_distributed=False)  # type: ignore[attr-defined]
