@@ -198,7 +198,7 @@ def write_results(runs: list[dict], wanted: list[tuple]) -> None:
         return
     first = runs[0]
     dates = sorted({r["date"] for r in runs})
-    body = [BEGIN, "## HVS beside its base method, the CIFAR recipes, real CIFAR-10", "",
+    body = [BEGIN, "# HVS beside its base method, the CIFAR recipes, real CIFAR-10", "",
             f"Measured {', '.join(dates)} on {first['machine']} (commits {', '.join(sorted({r['commit'] for r in runs}))}) by", "",
             f"    {first['command']}", "",
             f"{first['train_images']} class-balanced CIFAR-10 training images, {first['epochs']} epochs, batch {first['batch_size']}, "
@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="re-run runs that have a record")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run records go (tests use a temporary one)")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument("--table-only", action="store_true", help="run nothing: the table of the records there are")
     parser.add_argument("--child", nargs=3, metavar=("BASE", "VARIANT", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -247,7 +248,7 @@ def main() -> None:
     wanted = [(b, v, s, overrides) for s in args.seeds for b in args.bases for v in args.variants]
     for base, variant, seed, _ in wanted:
         out = runs_dir / f"{run_name(base, variant, seed, overrides)}.json"
-        if out.exists() and not args.force:
+        if args.table_only or (out.exists() and not args.force):
             continue
         print(f"running {out.stem} ...", flush=True)
         cmd = [sys.executable, __file__, "--child", base, variant, str(seed), "--epochs", str(args.epochs),
