@@ -239,7 +239,7 @@ def main() -> None:
         base, variant, seed = args.child
         run_child(base, variant, int(seed), args.epochs, args.batch_size, args.fraction, args.out, tuple(args.overrides))
         return
-    if cifar10_root() is None:
+    if not args.table_only and cifar10_root() is None:
         print("skipped: no CIFAR-10 archive (data/cifar10-jpg.tar.gz or $HARDCL_CIFAR10_TAR)")
         return
     runs_dir = args.runs_dir or RUNS_DIR
