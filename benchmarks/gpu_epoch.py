@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -60,6 +61,7 @@ def arm_args(config: str, extra: list[str], path: str, tiny: bool, root: Path | 
              steps: int) -> list[str]:
     gpu = torch.cuda.is_available() and not tiny
     args = ["--config", str(REPO / "configs" / f"{config}.yaml"), *extra, "--trainer.logger=false",
+            f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='gpu_epoch_')}",  # no run files in the cwd
             "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=0",
             "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             f"--trainer.max_steps={steps}", "--trainer.devices=1", "--trainer.sync_batchnorm=false",

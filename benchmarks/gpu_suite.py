@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +43,7 @@ def arm_args(config: str, extra: list[str], args: argparse.Namespace, root: Path
              max_steps: int | None) -> list[str]:
     gpu = torch.cuda.is_available() and not args.tiny
     out = ["--config", str(REPO / "configs" / f"{config}.yaml"), *extra, "--seed_everything=0", "--trainer.logger=false",
+           f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='gpu_suite_')}",  # no run files in the cwd
            "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.num_sanity_val_steps=0",
            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.devices=1",
            "--trainer.sync_batchnorm=false", f"--trainer.accelerator={'gpu' if gpu else 'cpu'}",

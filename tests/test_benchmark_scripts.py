@@ -99,12 +99,14 @@ def test_hvs_real_chance_losses_and_skip_without_the_archive(tmp_path):
     assert not list(tmp_path.glob("*.json"))
 
 
-def test_gpu_epoch_tiny_prints_every_arm_against_the_bound():
+def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
     """The tiny run (what CI can do): a row per method and data path, the bound's ratio 1.00, and
     the seconds per epoch = ms/step x 50000 / batch."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--methods", "SimCLR", "MoCHi",
-                          "--steps", "2", "--warmup", "1", "--workers", "1"], capture_output=True, text=True, timeout=600)
+                          "--steps", "2", "--warmup", "1", "--workers", "1"], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert not list(tmp_path.iterdir())  # no run files where it was started
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "ms / step" not in line]
     rows = [[c.strip() for c in r] for r in rows]
     assert [(r[0], r[1]) for r in rows] == [(m, p) for m in ("SimCLR", "MoCHi") for p in ("cpu", "device", "bound")]
@@ -137,10 +139,12 @@ def test_gpu_suite_chooses_the_largest_epoch_count_that_fits_and_writes_its_tabl
     assert results.read_text().count("## Real-scale CIFAR-10 on one GPU") == 1
 
 
-def test_gpu_suite_tiny_trains_its_arms():
+def test_gpu_suite_tiny_trains_its_arms(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--tiny", "--epochs", "1", "--workers", "1",
-                          "--arms", "HVS-SimCLR", "MoCHi", "--no-write"], capture_output=True, text=True, timeout=900)
+                          "--arms", "HVS-SimCLR", "MoCHi", "--no-write"], capture_output=True, text=True, timeout=900,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert not list(tmp_path.iterdir())  # no run files where it was started
     for name in ("HVS-SimCLR", "MoCHi"):
         assert re.search(rf"^{re.escape(name)}: kNN ep 0: [\d.]+, ep 1: [\d.]+ %, \d+ img/s$", out.stdout, re.M), out.stdout
 
