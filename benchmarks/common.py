@@ -76,3 +76,16 @@ class StepTimer(L.Callback):
             return float("nan")
         d = sorted(self.durations)
         return d[len(d) // 2]
+
+
+def write_section(path: Path, begin: str, end: str, lines: list[str]) -> None:
+    """Put ``lines`` between the markers ``begin`` and ``end`` of ``path`` (replacing what was there;
+    appended when the markers are absent), so that each script owns its section of RESULTS.md."""
+    text = path.read_text() if path.exists() else "# Results\n"
+    body = "\n".join([begin, *lines, end])
+    if begin in text:
+        before, rest = text.split(begin, 1)
+        text = before + body + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    path.write_text(text)

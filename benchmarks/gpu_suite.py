@@ -31,7 +31,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, StepTimer, cifar10_root, machine  # noqa: E402
+from common import REPO, StepTimer, cifar10_root, machine, write_section  # noqa: E402
 
 ARMS = [("SimCLR", "simclr_cifar10", []), ("HVS-SimCLR", "hvs_simclr", []),
         ("MoCo v2", "mocov2_cifar10", []), ("MoCHi", "mochi_cifar10", [])]
@@ -112,7 +112,7 @@ def choose_epochs(probes: dict[str, dict], budget_s: float, spent_s: float, eval
 def write_results(rows: list[tuple[str, str, dict]], epochs: int, why: str, command: str, minutes: float) -> None:
     evals = sorted({e for _, _, r in rows for e, _ in r["knn"]})
     head = "| method | config | images/s | " + " | ".join(f"kNN ep {e} (%)" for e in evals) + " |"
-    lines = [BEGIN, "## Real-scale CIFAR-10 on one GPU (benchmarks/gpu_suite.py)", "",
+    lines = ["## Real-scale CIFAR-10 on one GPU (benchmarks/gpu_suite.py)", "",
              f"Measured {datetime.date.today().isoformat()} on {machine()} by", "", f"    {command}", "",
              f"Full CIFAR-10 ({rows[0][2]['train_images']} training images), ResNet-18 with CIFAR stem, each config's recipe "
              f"shortened to {epochs} epochs (chosen: {why}), bf16, channels_last, views on the device, seed 0; kNN k=200 T=0.07 "
@@ -122,14 +122,7 @@ def write_results(rows: list[tuple[str, str, dict]], epochs: int, why: str, comm
         accs = dict(r["knn"])
         cells = " | ".join(f"{100 * accs[e]:.1f}" if e in accs else "-" for e in evals)
         lines.append(f"| {name} | `{config}` | {r['images_per_s']:.0f} | {cells} |")
-    lines.append(END)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
-    if BEGIN in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + "\n".join(lines) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    RESULTS.write_text(text)
+    write_section(RESULTS, BEGIN, END, lines)
 
 
 def main() -> None:

@@ -35,14 +35,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cifar10_root, machine  # noqa: E402
+from common import REPO, cifar10_root, machine, write_section  # noqa: E402
 
 BASES = ["simclr", "mocov2", "simsiam", "byol", "dino"]
 RUNS_DIR = REPO / "benchmarks" / "hvs_real"
@@ -119,7 +118,7 @@ class EpochLoss(L.Callback):
 def run_child(base: str, variant: str, seed: int, epochs: int, batch: int, fraction: float, out: Path,
               overrides: tuple[str, ...] = ()) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from results import evaluate
+    from results import fit_and_evaluate
 
     from hardcl_lightning.cli import build_cli
     from hardcl_lightning.quiet import silence_known_noise
@@ -132,12 +131,7 @@ def run_child(base: str, variant: str, seed: int, epochs: int, batch: int, fract
                          *(f"--{o}" for o in overrides)], run=False)
         cli.trainer.callbacks.append(losses)
         dm = cli.datamodule
-        dm.setup("fit")
-        init = evaluate(cli.model, dm)
-        t0 = time.perf_counter()
-        cli.trainer.fit(cli.model, dm)
-        minutes = (time.perf_counter() - t0) / 60
-    final = evaluate(cli.model, dm)
+        init, final, minutes = fit_and_evaluate(cli)
     record = {
         "base": base, "variant": variant, "overrides": list(overrides), "seed": seed, "method": type(cli.model).__name__,
         "config": str(config_path(base, variant).relative_to(REPO)), "epochs": epochs, "fraction": fraction, "batch_size": batch,
@@ -198,7 +192,7 @@ def write_results(runs: list[dict], wanted: list[tuple]) -> None:
         return
     first = runs[0]
     dates = sorted({r["date"] for r in runs})
-    body = [BEGIN, "# HVS beside its base method, the CIFAR recipes, real CIFAR-10", "",
+    body = ["# HVS beside its base method, the CIFAR recipes, real CIFAR-10", "",
             f"Measured {', '.join(dates)} on {first['machine']} (commits {', '.join(sorted({r['commit'] for r in runs}))}) by", "",
             f"    {first['command']}", "",
             f"{first['train_images']} class-balanced CIFAR-10 training images, {first['epochs']} epochs, batch {first['batch_size']}, "
@@ -207,14 +201,8 @@ def write_results(runs: list[dict], wanted: list[tuple]) -> None:
             "kNN k=200 T=0.07 and linear on the 10000 test images. mean ± std over seeds; HVS - base pairs runs of the same seed. "
             "Chance loss: what a model whose embeddings carry no information scores. "
             "Each run's record: `benchmarks/hvs_real/<method>_<variant>_seed<k>.json`.", "",
-            *table(runs, wanted), END]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + "\n".join(body) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
-    RESULTS.write_text(text)
+            *table(runs, wanted)]
+    write_section(RESULTS, BEGIN, END, body)
 
 
 def main() -> None:

@@ -66,6 +66,17 @@ def evaluate(model: L.LightningModule, datamodule) -> dict[str, float]:
     return {"knn": knn, "linear": linear_accuracy_on_features(bank_f, bank_y, val_f, val_y, n)}
 
 
+def fit_and_evaluate(cli) -> tuple[dict[str, float], dict[str, float], float]:
+    """kNN and linear accuracy of the CLI's model before training, after it, and the minutes of the fit."""
+    dm = cli.datamodule
+    dm.setup("fit")
+    init = evaluate(cli.model, dm)
+    t0 = time.perf_counter()
+    cli.trainer.fit(cli.model, dm)
+    minutes = (time.perf_counter() - t0) / 60
+    return init, evaluate(cli.model, dm), minutes
+
+
 def run_method(method: str, epochs: int, fraction: float, root: Path) -> dict:
     from hardcl_lightning.cli import build_cli
 
@@ -77,12 +88,7 @@ def run_method(method: str, epochs: int, fraction: float, root: Path) -> dict:
                          *data_args(root, fraction)], run=False)
         cli.trainer.callbacks.append(timer)
         dm = cli.datamodule
-        dm.setup("fit")
-        init = evaluate(cli.model, dm)
-        t0 = time.perf_counter()
-        cli.trainer.fit(cli.model, dm)
-        minutes = (time.perf_counter() - t0) / 60
-    final = evaluate(cli.model, dm)
+        init, final, minutes = fit_and_evaluate(cli)
     return {"method": type(cli.model).__name__ + (" + hard samples" if method == "hardgen_full" else ""),
             "knn_init": init["knn"], "knn": final["knn"], "linear": final["linear"],
             "images_per_s": dm.batch_size / timer.seconds_per_step, "peak_mb": peak_memory_mb(), "minutes": minutes,
