@@ -128,11 +128,22 @@ class GAN(nn.Module):
         diffaugment(torch.zeros(1, 3, 8, 8), self.policy)  # validates the policy names now, not mid-run
         self.latent_dim = latent_dim
 
-    def sample(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images G(z), z ~ N(0, I), [n, 3, S, S] in [0, 1] (with gradient into G)."""
+    def latent(self, n: int, truncation: float | None = None, device: torch.device | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I) [n, latent_dim]; with ``truncation`` each coordinate is redrawn until |z_i| <= it
+        (the truncation trick, Brock et al. 2019, sec. 3.1: fewer, more typical samples)."""
         device = device or next(self.generator.parameters()).device
-        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
-        return self.generator(z)
+        if truncation is None:
+            return torch.randn(n, self.latent_dim, device=device, generator=generator)
+        if truncation <= 0:
+            raise ValueError(f"truncation must be > 0 (a bound on |z_i|) or None, got {truncation}")
+        z = torch.empty(n, self.latent_dim, device=device)
+        return nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation, generator=generator)
+
+    def sample(self, n: int, device: torch.device | None = None, generator: torch.Generator | None = None,
+               truncation: float | None = None) -> torch.Tensor:
+        """Images G(z), z from ``latent``, [n, 3, S, S] in [0, 1] (with gradient into G)."""
+        return self.generator(self.latent(n, truncation, device, generator))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """D's realism score of images in [0, 1], after DiffAugment."""

@@ -3,6 +3,7 @@ with the base method, checkpoints and resume, schedules, and GAN pre-training.""
 
 import copy
 import math
+import re
 
 import lightning as L
 import pytest
@@ -329,3 +330,147 @@ def test_generated_batches_leave_the_evaluation_batchnorm_statistics_to_real_ima
     assert checked > 10
     bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert bn.momentum == 0.1  # restored
+
+
+# --- bounded hardness (problem 2 of the generator redesign) ---------------------------------------
+
+def deterministic_views(model):
+    """Two fixed views (identity and a flip) instead of random augmentations: the search's objective
+    is then a fixed function of the sample, so an ascent property can be checked exactly."""
+    mean, std = model.resolve_pixel_stats()
+    norm = lambda x: (x - mean.to(x)) / std.to(x)  # noqa: E731
+    model.synthetic_augmentations = [lambda x: (norm(x), None), lambda x: (norm(x.flip(-1)), None)]
+
+
+def objective(model, images):
+    with torch.no_grad():
+        return model.synthetic_loss(images)[0].item()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_latent_hardness_stays_inside_its_l2_budget_and_raises_the_loss(steps):
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="latent", latent_budget=0.05, hardness_steps=steps).eval()
+    deterministic_views(model)
+    torch.manual_seed(1)
+    z = model.gan.latent(8)
+    torch.manual_seed(1)  # make_hard_samples draws the same z
+    images, stats = model.make_hard_samples(8, None)
+    radius = 0.05 * math.sqrt(model.gan.latent_dim)
+    # recover delta by searching again from the same z: the sample is G(z + delta), ||delta|| <= radius
+    delta = model.bounded_search(lambda d: model.gan.generator(z + d), z.shape, z,
+                                 ascend=lambda g: 2.5 * radius / steps * g / g.norm(dim=1, keepdim=True),
+                                 project=lambda d: d * (radius / d.norm(dim=1, keepdim=True)).clamp(max=1))
+    assert (delta.norm(dim=1) <= radius * (1 + 1e-5)).all()
+    assert stats["hard/latent_delta_norm"].item() <= 0.05 * (1 + 1e-5)
+    with torch.no_grad():
+        assert torch.allclose(images, model.gan.generator(z + delta), atol=1e-5)
+        plain = model.gan.generator(z)
+    assert not torch.allclose(images, plain)
+    assert objective(model, images) > objective(model, plain)  # harder for the main model
+
+
+def test_residual_hardness_stays_inside_its_linf_budget_and_raises_the_loss():
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="residual", residual_budget=4 / 255, hardness_steps=2).eval()
+    deterministic_views(model)
+    real = torch.rand(6, 3, 32, 32)
+    images, stats = model.make_hard_samples(8, real)  # more samples than images: the batch is reused
+    source = real[torch.arange(8) % 6]
+    assert images.shape == source.shape and images.min() >= 0 and images.max() <= 1
+    assert (images - source).abs().max() <= 4 / 255 + 1e-6
+    assert (images - source).abs().max() > 2 / 255  # it did move
+    assert stats["hard/residual_linf"].item() <= 4 / 255 + 1e-6
+    assert objective(model, images) > objective(model, source)
+
+
+def test_bounded_modes_scale_their_budget_with_the_hardness_schedule():
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="residual", residual_budget=0.1, lambda_hard=0.5)
+    model.current_lambda_hard = lambda: 0.0  # the warm-up: no search, the real images themselves
+    real = torch.rand(4, 3, 32, 32)
+    images, _ = model.make_hard_samples(4, real)
+    assert torch.equal(images, real)
+    model.current_lambda_hard = lambda: 0.25  # half-way: half the budget
+    images, _ = model.make_hard_samples(4, real)
+    assert (images - real).abs().max() <= 0.05 + 1e-6
+
+
+def test_residual_mode_trains_no_gan_and_bounded_modes_give_g_no_hardness_gradient():
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="residual")
+    rec = RecordSteps()
+    trainer(max_epochs=1, limit_train_batches=2, callbacks=[rec]).fit(model, datamodule())
+    assert set(rec.changed) == {0}  # only the main model stepped
+    latent = HardSampleCL(**TINY, **GAN_TINY, hardness="latent", lambda_hard=0.5, hardness_schedule="constant")
+    loss, _, stats = latent.generator_loss(16)
+    assert "hard/gen_loss_for_g" not in stats and loss.item() == pytest.approx(stats["gan/g_adv"].item())
+
+
+def test_truncated_latents_are_bounded():
+    gan = HardSampleCL(**TINY, **GAN_TINY).gan
+    z = gan.latent(256, truncation=0.5)
+    assert z.abs().max() <= 0.5 and z.std() > 0.2
+    with pytest.raises(ValueError, match="truncation must be > 0.*-1"):
+        gan.latent(4, truncation=-1)
+
+
+def test_mode_seeking_term_against_a_hand_computed_value():
+    images = torch.zeros(4, 3, 2, 2)
+    images[2:] = 0.5  # pairs (0, 2) and (1, 3) differ by 0.5 everywhere
+    z = torch.zeros(4, 8)
+    z[2:] = 2.0
+    assert HardSampleCL.mode_seeking(images, z).item() == pytest.approx(0.25)
+    assert HardSampleCL.mode_seeking(torch.ones(4, 3, 2, 2), z).item() == 0  # a collapsed generator scores 0
+
+
+def test_output_gradient_norms_against_the_analytic_gradient():
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    norms = HardSampleCL.output_gradient_norms({"a": (x ** 2).sum(), "b": 3 * x.sum()}, x)
+    assert norms["a"].item() == pytest.approx((2 * x).flatten(1).norm(dim=1).mean().item(), rel=1e-5)
+    assert norms["b"].item() == pytest.approx(3 * math.sqrt(48), rel=1e-5)
+
+
+def test_generator_mode_logs_the_realism_hardness_and_diversity_gradients():
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY, lambda_hard=0.5, hardness_schedule="constant", lambda_diversity=0.1)
+    loss, fake, stats = model.generator_loss(16)
+    assert {"gan/grad_norm_realism", "hard/grad_norm_hardness", "gan/grad_norm_diversity"} <= set(stats)
+    assert all(stats[k] > 0 for k in ("gan/grad_norm_realism", "hard/grad_norm_hardness", "gan/grad_norm_diversity"))
+    expected = stats["gan/g_adv"] - 0.1 * stats["gan/diversity"] - 0.5 * stats["hard/gen_loss_for_g"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_several_discriminator_steps_per_generator_step():
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY, d_steps=3)
+    counts = {}
+
+    class Count(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            for i, opt in enumerate(trainer.optimizers):
+                inner = opt.step
+
+                def step(*a, _inner=inner, _i=i, **k):
+                    counts[_i] = counts.get(_i, 0) + 1
+                    return _inner(*a, **k)
+                opt.step = step
+
+    t = trainer(max_epochs=1, limit_train_batches=2, callbacks=[Count()])
+    t.fit(model, datamodule())
+    assert counts == {0: 2, 1: 2, 2: 6}
+    assert [s.last_epoch for s in (c.scheduler for c in t.lr_scheduler_configs)] == [2, 2, 2]  # one LR step per batch
+
+
+def test_collapse_diagnostics_are_logged():
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY)
+    _, _, stats = model.main_loss(batch_of(datamodule()))
+    assert 0 < stats["hard/gen_pixel_std"] < 1 and -1 <= stats["hard/gen_view_cosine"] <= 1
+
+
+def test_bad_hardness_options_name_the_value():
+    for kw, msg in [({"hardness": "pixel"}, "unknown hardness 'pixel'"), ({"latent_budget": -1}, "latent_budget must be >= 0, got -1"),
+                    ({"hardness_steps": 0}, "hardness_steps and d_steps must be >= 1, got 0"),
+                    ({"lambda_diversity": -0.1}, "lambda_diversity must be >= 0, got -0.1")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            HardSampleCL(**TINY, **GAN_TINY, **kw)

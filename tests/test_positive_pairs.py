@@ -54,10 +54,13 @@ def test_pixel_cosine_is_centred():
 class TargetLog(L.Callback):
     def __init__(self):
         self.values = {}
+        self.bounds = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         pl_module._batch_idx = batch_idx
-        self.values[(trainer.current_epoch, batch_idx)] = pl_module.target_similarity()
+        key = (trainer.current_epoch, batch_idx)
+        self.values[key] = (pl_module.schedule_position(), pl_module.target_similarity())
+        self.bounds[key] = pl_module.real_pair_similarity.tolist()
 
 
 @pytest.mark.parametrize("schedule,expected", [
@@ -66,11 +69,58 @@ class TargetLog(L.Callback):
 ])
 def test_similarity_target_schedule_values(schedule, expected):
     torch.manual_seed(0)
-    model = PositivePairCL(**TINY, **GAN_TINY, sim_start=0.9, sim_end=0.5, sim_schedule=schedule)
+    model = PositivePairCL(**TINY, **GAN_TINY, sim_start=0.9, sim_end=0.5, sim_schedule=schedule, sim_target="absolute")
     log = TargetLog()
     trainer(max_epochs=2, limit_train_batches=2, callbacks=[log]).fit(model, datamodule())
     got = [log.values[k] for k in [(0, 0), (0, 1), (1, 0), (1, 1)]]
-    assert got == pytest.approx(expected)
+    assert [t for t, _ in got] == pytest.approx(expected)
+    assert [target for _, target in got] == pytest.approx(expected)  # absolute: the target is the cosine itself
+
+
+def naive_real_similarities(f_a, f_b):
+    """Mean cosine of matching rows and of all non-matching rows, by loops."""
+    n = f_a.shape[0]
+    cos = lambda u, v: float(u @ v / (u.norm() * v.norm()))  # noqa: E731
+    same = sum(cos(f_a[i], f_b[i]) for i in range(n)) / n
+    other = sum(cos(f_a[i], f_b[j]) for i in range(n) for j in range(n) if i != j) / (n * n - n)
+    return same, other
+
+
+def test_relative_target_stays_between_the_measured_view_pair_and_negative_pair_similarity():
+    """Problem 3 of the generator redesign: an absolute target of 0.5 lies below what two different
+    images measure on a trained model. The relative target is s_neg + t (s_view - s_neg) of the
+    running real-data means, so with t in [0, 1] it cannot leave [s_neg, s_view]."""
+    torch.manual_seed(0)
+    model = PositivePairCL(**TINY, **GAN_TINY, sim_start=0.9, sim_end=0.2)
+    log = TargetLog()
+    trainer(max_epochs=2, limit_train_batches=3, callbacks=[log]).fit(model, datamodule())
+    checked = 0
+    for key, (t, target) in log.values.items():
+        view, negative = log.bounds[key]
+        if math.isnan(view):
+            continue  # the first batch: nothing measured yet
+        assert negative < view
+        assert target == pytest.approx(negative + t * (view - negative))
+        assert negative - 1e-6 <= target <= view + 1e-6
+        checked += 1
+    assert checked == 5
+    # the statistics are those of the real views: matching rows vs the rest, as a loop computes them
+    batch = next(iter(datamodule().train_dataloader()))
+    outs = model.embed(list(batch["views"]))
+    view, negative = model.real_similarities(list(batch["views"]), outs)
+    ref = naive_real_similarities(outs[0]["feats"].double(), outs[1]["feats"].double())
+    assert (view.item(), negative.item()) == pytest.approx(ref, abs=1e-5)
+
+
+def test_relative_target_running_mean():
+    model = PositivePairCL(**TINY, **GAN_TINY)
+    model.update_real_similarities(torch.tensor(0.9), torch.tensor(0.3))
+    assert model.real_pair_similarity.tolist() == pytest.approx([0.9, 0.3])  # the first measurement is taken as is
+    model.update_real_similarities(torch.tensor(0.5), torch.tensor(0.1))
+    assert model.real_pair_similarity.tolist() == pytest.approx([0.9 * 0.9 + 0.1 * 0.5, 0.9 * 0.3 + 0.1 * 0.1])
+    model._batch_idx = 0  # without a trainer: the schedule's end, t = sim_end = 0.5
+    view, negative = model.real_pair_similarity.tolist()
+    assert model.target_similarity() == pytest.approx(negative + 0.5 * (view - negative))
 
 
 def test_the_two_generators_start_identical_and_diverge():
@@ -87,8 +137,12 @@ def test_the_two_generators_start_identical_and_diverge():
 def test_without_a_hardness_term_identical_generators_are_refused():
     with pytest.raises(ValueError, match="generator_b_noise > 0"):
         PositivePairCL(**TINY, **GAN_TINY, lambda_pos_hard=0.0)
-    with pytest.raises(ValueError, match="sim_end is a cosine similarity.*1.5"):
-        PositivePairCL(**TINY, **GAN_TINY, sim_end=1.5)
+    with pytest.raises(ValueError, match=r"sim_end is a cosine similarity \(sim_target='absolute'\).*\[-1, 1\], got 1.5"):
+        PositivePairCL(**TINY, **GAN_TINY, sim_end=1.5, sim_target="absolute")
+    with pytest.raises(ValueError, match=r"sim_end is a position between.*\[0, 1\], got -0.2"):
+        PositivePairCL(**TINY, **GAN_TINY, sim_end=-0.2)
+    with pytest.raises(ValueError, match="unknown sim_target 'cosine'"):
+        PositivePairCL(**TINY, **GAN_TINY, sim_target="cosine")
     with pytest.raises(ValueError, match="unknown sim_space 'latent'"):
         PositivePairCL(**TINY, **GAN_TINY, sim_space="latent")
 

@@ -311,6 +311,20 @@ class BaseMethod(ResumableState, L.LightningModule):
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         return max(1, total // epochs), max(1, total)
 
+    def main_optimizer_steps(self) -> int:
+        """Steps of the main optimiser so far: what the EMA schedule counts (methods with more
+        optimisers, whose ``global_step`` counts them all, override it)."""
+        return self.trainer.global_step if self._trainer is not None else 0
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        step = self.main_optimizer_steps()
+        super().optimizer_step(*args, **kwargs)
+        self.after_main_optimizer_step(step)
+
+    def after_main_optimizer_step(self, step: int) -> None:
+        """Hook after each step of the main optimiser, given the steps before it (EMA updates).
+        Lightning calls it through ``optimizer_step``; manual-optimisation loops call it themselves."""
+
     def configure_optimizers(self):
         lr = self.effective_lr
         opt = build_optimizer(self.optimizer_name, self.param_groups(), lr, self.weight_decay, self.sgd_momentum, self.lars_eta,
@@ -367,11 +381,13 @@ class MomentumMethod(BaseMethod):
             p.requires_grad_(False)
         return target
 
-    def current_ema_momentum(self) -> float:
+    def current_ema_momentum(self, step: int | None = None) -> float:
+        """The EMA momentum at main-optimiser step ``step`` (None: now)."""
         if self._trainer is None:
             return self.ema_momentum
         _, total = self.steps_per_epoch_and_total()
-        return cosine_schedule(self.trainer.global_step, total, self.ema_momentum, self.ema_momentum_end)
+        step = self.main_optimizer_steps() if step is None else step
+        return cosine_schedule(step, total, self.ema_momentum, self.ema_momentum_end)
 
     @torch.no_grad()
     def momentum_update(self, tau: float) -> None:
@@ -384,8 +400,8 @@ class MomentumMethod(BaseMethod):
             for b_o, b_t in zip(online.buffers(), target.buffers()):
                 b_t.copy_(b_o)
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        tau = self.current_ema_momentum()
-        super().optimizer_step(*args, **kwargs)
+    def after_main_optimizer_step(self, step: int) -> None:
+        super().after_main_optimizer_step(step)
+        tau = self.current_ema_momentum(step)
         self.momentum_update(tau)
         self.log("train/ema_momentum", tau)

@@ -13,12 +13,16 @@ Each training step (``HardSampleMixin.training_step``, manual optimisation, thre
    ``training_loss`` (SimCLR NT-Xent: ``HardSampleCL``; MoCo v2 InfoNCE against the queue:
    ``HardSampleMoCoV2``). Generated samples form their own batch (their own in-batch negatives
    / their own BatchNorm statistics) and are never enqueued. *Ours.*
-2. **generator**: ``L_G = L_adv(G) - lambda_hard * L_base(views of G(z))``: realistic (hinge
-   loss against D) and hard for the current main model, whose weights and BatchNorm running
-   statistics are frozen for this step (gradients flow through it into G only). *The min-max is
-   the paper's; the hinge loss, the subtraction and the weights are ours.*
-3. **discriminator**: hinge loss on real (un-augmented training images) vs this step's fakes,
-   both through DiffAugment (Zhao et al. 2020) for data efficiency. *Ours.*
+2. **generator**: ``L_G = L_adv(G) - lambda_div * MS(G) - lambda_hard * L_base(views of G(z))``:
+   realistic (hinge loss against D), diverse (mode seeking) and hard for the current main model,
+   whose weights and BatchNorm running statistics are frozen for this step (gradients flow
+   through it into G only). *The min-max is the paper's; the hinge loss, the subtraction and the
+   weights are ours.* The hardness term is in G's loss in the ``generator`` mode only: the
+   bounded modes (``latent``, ``residual``) make each sample hard by a budgeted search instead
+   (``HardSampleMixin.bounded_search``), because G's weights can win that term by collapse or
+   by content the augmentations destroy.
+3. **discriminator**: hinge loss on real (un-augmented training images) vs this step's fakes
+   (``d_steps`` times), both through DiffAugment (Zhao et al. 2020) for data efficiency. *Ours.*
 
 ``lambda_hard`` follows a schedule (``hardness_schedule``: constant, linear or cosine from
 ``lambda_hard_start`` to ``lambda_hard``) so hardness grows as the model learns; before
@@ -42,23 +46,25 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from hardcl_lightning.checkpointing import ResumableState
 from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, DifferentiableViewAugmentation
 from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
 from hardcl_lightning.gan import GAN
 from hardcl_lightning.batchnorm import frozen_batchnorm_stats, no_running_stat_updates
-from hardcl_lightning.methods.base import BaseMethod, MomentumMethod, ViewOutputs, sync_lambda_schedules
+from hardcl_lightning.methods.base import BaseMethod, ViewOutputs, sync_lambda_schedules
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
-from hardcl_lightning.optim import cosine_schedule
 
 SCHEDULES = ("constant", "linear", "cosine")
+#: how ``HardSampleMixin`` makes a sample hard (its docstring says what each does)
+HARDNESS_MODES = ("generator", "latent", "residual")
 
 
 def ramp(progress: float, start: float, end: float, kind: str) -> float:
@@ -207,13 +213,19 @@ class AdversarialTraining:
             f"non-finite {name} {value.item()} at global step {step}; lower g_lr/d_lr or set model.on_nonfinite_loss: skip"
         )
 
-    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, opt_d, sched_d) -> None:
+    def discriminator_steps(self, real: torch.Tensor, fake: torch.Tensor, opt_d, sched_d, steps: int = 1) -> None:
+        """``steps`` hinge-loss steps of D on ``real`` vs ``fake`` (then vs fresh samples); its LR
+        schedule advances once per batch, whatever ``steps`` is."""
         self.toggle_optimizer(opt_d)  # type: ignore[attr-defined]
-        d_loss, d_real, d_fake = self.gan.discriminator_loss(real, fake.detach())
-        if self.check_finite("discriminator loss", d_loss):
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)  # type: ignore[attr-defined]
-            opt_d.step()
+        for i in range(steps):
+            if i > 0:
+                with torch.no_grad():
+                    fake = self.gan.sample(fake.shape[0])
+            d_loss, d_real, d_fake = self.gan.discriminator_loss(real, fake.detach())
+            if self.check_finite("discriminator loss", d_loss):
+                opt_d.zero_grad(set_to_none=True)
+                self.manual_backward(d_loss)  # type: ignore[attr-defined]
+                opt_d.step()
         sched_d.step()
         self.untoggle_optimizer(opt_d)  # type: ignore[attr-defined]
         self.log_dict({"gan/d_loss": d_loss.detach(), "gan/d_real": d_real, "gan/d_fake": d_fake},  # type: ignore[attr-defined]
@@ -288,7 +300,7 @@ class GANPretrain(ResumableState, AdversarialTraining, L.LightningModule):
         sched_g.step()
         self.untoggle_optimizer(opt_g)
         self.log("gan/g_adv", g_adv.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        self.discriminator_step(real, fake, opt_d, sched_d)
+        self.discriminator_steps(real, fake, opt_d, sched_d)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images G(z) in [0, 1]."""
@@ -308,6 +320,22 @@ class HardSampleMixin(AdversarialTraining):
         hardness_schedule: ``constant`` (``lambda_hard`` throughout), ``linear`` or ``cosine`` from
             ``lambda_hard_start`` to ``lambda_hard`` over the joint epochs.
         joint_start_epoch: epochs of warm-up (GAN trains, main model on real data only) before the game.
+        hardness: how a sample is made hard (``HARDNESS_MODES``). ``generator``: G's weights get the
+            hardness term (unbounded: it can be won by collapse or by content that augmentation
+            destroys). ``latent``: G trains for realism only; hard samples are ``G(z + delta)`` with
+            ``delta`` found by ``hardness_steps`` of projected gradient ascent on the main model's loss,
+            ``||delta||_2 <= latent_budget * sqrt(latent_dim)`` (GenRep's latent neighbourhood,
+            Jahanian et al. ICLR 2022). ``residual``: a real image plus ``delta`` with
+            ``||delta||_inf <= residual_budget`` found the same way (a ViewMaker-style budget, Tamkin
+            et al. ICLR 2021; no GAN is needed then, so G and D do not train). In the bounded modes
+            the hardness schedule scales the budget (``lambda_hard``'s value only says on or off).
+        latent_budget: the ``latent`` mode's L2 radius, as a fraction of a latent's typical norm.
+        residual_budget: the ``residual`` mode's L-inf bound on a pixel's change, in [0, 1] units.
+        hardness_steps: ascent steps of the bounded modes' search.
+        truncation: bound on |z_i| for the hard samples (the truncation trick; None: plain N(0, I)).
+        d_steps: discriminator steps per generator step (fresh fakes after the first).
+        lambda_diversity: weight of a mode-seeking term (Mao et al. CVPR 2019, eq. 3) in G's loss:
+            G maximises ``mean|G(z1) - G(z2)| / mean|z1 - z2|``, against collapse.
         generator_checkpoint: a ``GANPretrain`` (or joint) checkpoint whose G and D start the run;
             read at the start of a fresh fit, not when resuming.
         latent_dim: the generator's latent size (must match ``generator_checkpoint``'s).
@@ -336,6 +364,13 @@ class HardSampleMixin(AdversarialTraining):
         lambda_hard_start: float = 0.0,
         hardness_schedule: str = "linear",
         joint_start_epoch: int = 0,
+        hardness: str = "generator",
+        latent_budget: float = 0.5,
+        residual_budget: float = 8 / 255,
+        hardness_steps: int = 2,
+        truncation: float | None = None,
+        d_steps: int = 1,
+        lambda_diversity: float = 0.0,
         generator_checkpoint: str | None = None,
         latent_dim: int = 128,
         g_channels: int = 64,
@@ -360,6 +395,19 @@ class HardSampleMixin(AdversarialTraining):
             raise ValueError(f"unknown hardness_schedule {hardness_schedule!r}; choose one of {list(SCHEDULES)}")
         if joint_start_epoch < 0:
             raise ValueError(f"joint_start_epoch must be >= 0, got {joint_start_epoch}")
+        if hardness not in HARDNESS_MODES:
+            raise ValueError(f"unknown hardness {hardness!r}; choose one of {list(HARDNESS_MODES)}")
+        for name, v in (("latent_budget", latent_budget), ("residual_budget", residual_budget)):
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if hardness_steps < 1 or d_steps < 1:
+            raise ValueError(f"hardness_steps and d_steps must be >= 1, got {hardness_steps} and {d_steps}")
+        if truncation is not None and truncation <= 0:
+            raise ValueError(f"truncation must be > 0 (a bound on |z_i|) or None, got {truncation}")
+        if lambda_diversity < 0:
+            raise ValueError(f"lambda_diversity must be >= 0, got {lambda_diversity}")
+        self.hardness, self.latent_budget, self.residual_budget = hardness, latent_budget, residual_budget
+        self.hardness_steps, self.truncation, self.d_steps, self.lambda_diversity = hardness_steps, truncation, d_steps, lambda_diversity
         self.generator_enabled, self.lambda_syn, self.syn_share = generator_enabled, lambda_syn, syn_share
         self.lambda_hard, self.lambda_hard_start, self.hardness_schedule = lambda_hard, lambda_hard_start, hardness_schedule
         self.joint_start_epoch, self.generator_checkpoint = joint_start_epoch, generator_checkpoint
@@ -415,12 +463,13 @@ class HardSampleMixin(AdversarialTraining):
             return 0.0
         return ramp(self.joint_progress(), self.lambda_hard_start, self.lambda_hard, self.hardness_schedule)
 
-    def current_ema_momentum(self) -> float:
-        """EMA schedule over batches (``global_step`` counts all three optimisers here)."""
-        if self._trainer is None:  # type: ignore[attr-defined]
-            return self.ema_momentum  # type: ignore[attr-defined]
-        _, total = self.steps_per_epoch_and_total()  # type: ignore[attr-defined]
-        return cosine_schedule(self.batch_step(), total, self.ema_momentum, self.ema_momentum_end)  # type: ignore[attr-defined]
+    def main_optimizer_steps(self) -> int:
+        """Steps of the main optimiser so far: one per batch (``global_step`` counts all three optimisers)."""
+        return self.batch_step()
+
+    def current_hardness(self) -> float:
+        """The hardness schedule's value as a fraction of its end value (bounded modes scale their budget)."""
+        return self.current_lambda_hard() / self.lambda_hard if self.lambda_hard > 0 else 0.0
 
     # --- generated samples ----------------------------------------------------------------------
     def num_synthetic(self, batch_size: int) -> int:
@@ -462,66 +511,150 @@ class HardSampleMixin(AdversarialTraining):
         """Whether the hard-sample game (main loss on generated views, hardness term for G) runs."""
         return self.generator_enabled
 
+    # --- hard samples ---------------------------------------------------------------------------
+    @property
+    def gan_trains(self) -> bool:
+        """Whether G and D take their steps (the ``residual`` mode perturbs real images: no GAN)."""
+        return self.generator_enabled and self.hardness != "residual"
+
+    def bounded_search(self, render: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size, like: torch.Tensor,
+                       ascend: Callable[[torch.Tensor], torch.Tensor], project: Callable[[torch.Tensor], torch.Tensor]
+                       ) -> torch.Tensor:
+        """``delta`` that raises the main model's loss on views of ``render(delta)``: ``hardness_steps`` of
+        projected gradient ascent from 0 (Madry et al. 2018), the main model and G frozen (only ``delta``
+        gets a gradient; BatchNorm statistics untouched)."""
+        delta = torch.zeros(shape, device=like.device, dtype=like.dtype)
+        with torch.enable_grad(), no_running_stat_updates([self.gan.generator]):
+            for _ in range(self.hardness_steps):
+                delta.requires_grad_(True)
+                loss, _ = self.synthetic_loss(render(delta))
+                (grad,) = torch.autograd.grad(loss, delta)
+                delta = project(delta.detach() + ascend(grad))
+        return delta.detach()
+
+    def make_hard_samples(self, n: int, real: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This step's ``n`` hard samples for the main model (constants, [0, 1] pixels) and their
+        diagnostics; ``real`` (the batch's pixels) is what the ``residual`` mode perturbs."""
+        scale, stats = self.current_hardness(), {}
+        if self.hardness == "residual":
+            if real is None:
+                raise ValueError("hardness='residual' perturbs the batch's real images, but none were given")
+            x0 = real[torch.arange(n, device=real.device) % real.shape[0]]
+            eps = self.residual_budget * scale
+            if eps > 0:
+                delta = self.bounded_search(lambda d: (x0 + d).clamp(0, 1), x0.shape, x0,
+                                            ascend=lambda g: 2.5 * eps / self.hardness_steps * g.sign(),
+                                            project=lambda d: d.clamp(-eps, eps))
+                x0 = (x0 + delta).clamp(0, 1)
+            stats["hard/residual_linf"] = (x0 - real[torch.arange(n, device=real.device) % real.shape[0]]).abs().amax(dim=(1, 2, 3)).mean()
+            return x0.detach(), stats
+        z = self.gan.latent(n, self.truncation)
+        if self.hardness == "latent":
+            radius = self.latent_budget * math.sqrt(self.gan.latent_dim) * scale
+            if radius > 0:
+                unit = lambda g: g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa: E731
+                delta = self.bounded_search(lambda d: self.gan.generator(z + d), z.shape, z,
+                                            ascend=lambda g: 2.5 * radius / self.hardness_steps * unit(g),
+                                            project=lambda d: d * (radius / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1))
+                stats["hard/latent_delta_norm"] = delta.norm(dim=1).mean() / math.sqrt(self.gan.latent_dim)
+                z = z + delta
+        with torch.no_grad():
+            return self.gan.generator(z), stats
+
+    @staticmethod
+    def mode_seeking(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``mean_i |G(z1_i) - G(z2_i)| / mean_i |z1_i - z2_i|`` over the two halves of a batch (Mao et al.
+        2019, eq. 3, as a ratio to maximise): samples of distant latents must differ."""
+        h = images.shape[0] // 2
+        image_gap = (images[:h] - images[h:2 * h]).abs().flatten(1).mean(1)
+        latent_gap = (z[:h] - z[h:2 * h]).abs().mean(1)
+        return (image_gap / latent_gap.clamp_min(1e-8)).mean()
+
+    def log_gradients_now(self) -> bool:
+        """Gradient norms cost a backward pass each: measured on logging steps only."""
+        if self._trainer is None:  # type: ignore[attr-defined]
+            return True
+        return self._batch_idx % max(1, int(self.trainer.log_every_n_steps)) == 0  # type: ignore[attr-defined]
+
+    @staticmethod
+    def output_gradient_norms(terms: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each weighted term's gradient at the generator's output (mean per-sample L2 norm): which term
+        steers G (the hardness term can dwarf realism by orders of magnitude)."""
+        norms = {}
+        for name, term in terms.items():
+            (g,) = torch.autograd.grad(term, images, retain_graph=True)
+            norms[name] = g.flatten(1).norm(dim=1).mean().detach()
+        return norms
+
     # --- the three steps --------------------------------------------------------------------------
     def main_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[ViewOutputs], dict[str, torch.Tensor]]:
-        """``L_base(real) + lambda_syn * L_base(generated, detached)`` and the diagnostics."""
+        """``L_base(real) + lambda_syn * L_base(hard samples, detached)`` and the diagnostics."""
         outs = self.embed_training_views(batch)  # type: ignore[attr-defined]
         real_loss = self.training_loss(outs)  # type: ignore[attr-defined]
         stats: dict[str, torch.Tensor] = {}
         if not self.hard_samples_on:
             return real_loss, outs, stats
-        with torch.no_grad():
-            fake = self.gan.sample(self.num_synthetic(outs[0]["feats"].shape[0]))
+        real = self.real_pixels(batch) if self.hardness == "residual" else None
+        fake, stats = self.make_hard_samples(self.num_synthetic(outs[0]["feats"].shape[0]), real)
         train_on_fake = self.joint and self.lambda_syn > 0
         with contextlib.nullcontext() if train_on_fake else torch.no_grad():
             syn_loss, syn_outs = self.synthetic_loss(fake)
         real_m, syn_m = self.equal_size_losses(outs, syn_outs)
+        view_cos = F.cosine_similarity(syn_outs[0]["feats"].detach().float(), syn_outs[1]["feats"].detach().float(), dim=1)
         stats.update({"train/loss_real": real_loss.detach(), "train/loss_syn": syn_loss.detach(),
-                      "hard/gen_loss_real": real_m, "hard/gen_loss_syn": syn_m, "hard/gen_loss_ratio": syn_m / real_m})
+                      "hard/gen_loss_real": real_m, "hard/gen_loss_syn": syn_m, "hard/gen_loss_ratio": syn_m / real_m,
+                      "hard/gen_view_cosine": view_cos.mean(), "hard/gen_pixel_std": fake.std(dim=0).mean()})
         loss = real_loss + self.lambda_syn * syn_loss if train_on_fake else real_loss
         return loss, outs, stats
 
     def generator_loss(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """``L_adv(G) - lambda_hard * L_base(views of G(z))``, and the fakes. The caller freezes the main
-        model (its optimiser toggled off, its BatchNorm statistics kept) around forward and backward."""
-        fake = self.gan.sample(self.num_synthetic(batch_size))
+        """``L_adv(G) - lambda_div * mode_seeking - lambda_hard * L_base(views of G(z))`` (the last term
+        in the ``generator`` mode only), and the fakes. The caller freezes the main model (its
+        optimiser toggled off, its BatchNorm statistics kept) around forward and backward."""
+        z = self.gan.latent(self.num_synthetic(batch_size), self.truncation if self.hardness == "generator" else None)
+        fake = self.gan.generator(z)
         g_adv = self.gan.generator_loss(fake)
         lam = self.current_lambda_hard()
         stats = {"gan/g_adv": g_adv.detach(), "hard/gen_lambda_hard": torch.tensor(lam)}
-        if lam == 0:
-            return g_adv, fake, stats
-        hardness, _ = self.synthetic_loss(fake)
-        stats["hard/gen_loss_for_g"] = hardness.detach()
-        return g_adv - lam * hardness, fake, stats
+        terms = {"gan/grad_norm_realism": g_adv}
+        if self.lambda_diversity > 0:
+            diversity = self.mode_seeking(fake, z)
+            stats["gan/diversity"] = diversity.detach()
+            terms["gan/grad_norm_diversity"] = -self.lambda_diversity * diversity
+        if self.hard_samples_on and self.hardness == "generator" and lam > 0:
+            hardness, _ = self.synthetic_loss(fake)
+            stats["hard/gen_loss_for_g"] = hardness.detach()
+            terms["hard/grad_norm_hardness"] = -lam * hardness
+        if self.log_gradients_now():
+            stats.update(self.output_gradient_norms(terms, fake))
+        return torch.stack(list(terms.values())).sum(), fake, stats
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         self._batch_idx = batch_idx
         opt_main, opt_g, opt_d = self.optimizers()  # type: ignore[attr-defined]
         sched_main, sched_g, sched_d = self.lr_schedulers()  # type: ignore[attr-defined]
-        real = self.real_pixels(batch) if self.generator_enabled else None
 
-        # (1) main model on real + detached generated views
+        # (1) main model on real + detached hard samples
         self.toggle_optimizer(opt_main)  # type: ignore[attr-defined]
         loss, outs, stats = self.main_loss(batch)
         ok = not self.nonfinite(loss, outs)  # type: ignore[attr-defined]
         if ok:
-            tau = self.current_ema_momentum() if isinstance(self, MomentumMethod) else None
+            step = self.main_optimizer_steps()
             opt_main.zero_grad(set_to_none=True)
             self.manual_backward(loss)  # type: ignore[attr-defined]
             opt_main.step()
-            if tau is not None:
-                self.momentum_update(tau)
-                stats["train/ema_momentum"] = torch.tensor(tau)
+            self.after_main_optimizer_step(step)  # type: ignore[attr-defined]
             self.after_training_loss(outs)  # type: ignore[attr-defined]
         sched_main.step()
         self.untoggle_optimizer(opt_main)  # type: ignore[attr-defined]
 
-        if self.generator_enabled:
-            # (2) generator: realistic and hard for the (frozen) main model
+        if self.gan_trains:
+            real = self.real_pixels(batch)
+            # (2) generator: realistic (and, in the generator mode, hard for the frozen main model)
             self.toggle_optimizer(opt_g)  # type: ignore[attr-defined]
             # BatchNorm restored only after backward: autograd checks the running buffers' versions
             with frozen_batchnorm_stats(self.main_modules()):
-                g_loss, fake, g_stats = self.generator_loss(real.shape[0])  # type: ignore[union-attr]
+                g_loss, fake, g_stats = self.generator_loss(real.shape[0])
                 if self.check_finite("generator loss", g_loss):
                     opt_g.zero_grad(set_to_none=True)
                     self.manual_backward(g_loss)  # type: ignore[attr-defined]
@@ -529,8 +662,8 @@ class HardSampleMixin(AdversarialTraining):
             sched_g.step()
             self.untoggle_optimizer(opt_g)  # type: ignore[attr-defined]
             stats.update(g_stats)
-            # (3) discriminator: real vs this step's fakes
-            self.discriminator_step(real, fake, opt_d, sched_d)  # type: ignore[arg-type]
+            # (3) discriminator: real vs this step's fakes (and fresh ones for further D steps)
+            self.discriminator_steps(real, fake, opt_d, sched_d, self.d_steps)
         self.log_dict(stats, on_step=True, on_epoch=True)  # type: ignore[attr-defined]
         if not ok:
             return None
