@@ -1,24 +1,34 @@
-"""The generator methods vs SimCLR, side by side, at equal epochs and data.
+"""The arms that test the generator methods' claim, side by side, same data subset and seeds -> RESULTS.md.
 
-    python benchmarks/hard_sample_gen.py                                 # embedded dataset (+ CIFAR-10 when present)
-    python benchmarks/hard_sample_gen.py --epochs 4 --fractions 0.2 --datasets shapes --methods hard_sample_gen
+    python benchmarks/hard_sample_gen.py                                    # Shapes10, every arm, seeds 0 1
+    python benchmarks/hard_sample_gen.py --dataset cifar10 --fraction 0.2   # real CIFAR-10 (10k images)
+    python benchmarks/hard_sample_gen.py --arms A C --seeds 0 --epochs 1 --gan-epochs 1 --num-train 400 --batch-size 16   # a smoke run
 
-Each run is ``hardcl fit --config configs/tiny/<method>.yaml``: ``simclr`` and, on the same tiny
-ResNet, SimCLR recipe and seed, ``hard_sample_gen`` (HardSampleCL: a jointly trained GAN),
-``positive_pair`` (PositivePairCL: hard positive pairs) and ``hardgen_full`` (both: the
-paper's combined framework), with ``--epochs`` and a class-balanced ``train_fraction``.
-Reported per run: kNN accuracy (k=200, T=0.07) at epoch 0, last and best; the median seconds
-per training batch and its ratio to SimCLR's; per epoch, the ratio of the main model's loss on
-generated vs real views at equal batch size (``hard/gen_loss_ratio``: generated samples should
-become harder relative to real ones) and the pair similarity, target vs achieved.
+The paper's central claim (Wu et al.): a GAN pre-trained alone does not help, the joint game does;
+and the methods are data-efficient. So, per seed, on one class-balanced ``--fraction`` of the data:
 
-Real CIFAR-10 (``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``), ImageFolder inside) is used when present
-at ``--cifar-fractions`` of its 50k training images (test set for kNN), else skipped.
+- **A**: the base method (``configs/tiny/simclr.yaml``); **A2x**: the same on twice the data;
+  **Acm**: the same with as many more epochs as C's step time buys (compute-matched);
+- a GAN pre-trained on exactly that subset (``configs/tiny/gan_pretrain.yaml``, ``--gan-epochs``);
+- **B**: A + samples of that frozen GAN (``train_gan: false``, ``lambda_hard: 0``): the control;
+- **C**: the joint hard-sample game from that GAN (``hard_sample_gen``; ``C_latent`` and
+  ``C_residual``: the bounded hardness modes);
+- **D**: generated positive pairs (``positive_pair``); **E**: C + D (``hardgen_full``).
+
+Every arm uses the tiny configs' recipe (resnet_tiny, SimCLR NT-Xent, AdamW) and ``--epochs``
+(joint from the first epoch). Reported: kNN (k=200, T=0.07) and linear accuracy (logistic
+regression on frozen features) on the held-out images, per seed and their mean; ms per batch and
+its ratio to A's; for the generator arms the last epoch's generated/real loss ratio (at equal
+batch size), pixel std across generated samples and the view-pair cosine of generated views
+(collapse shows as both falling). Shapes10 is the embedded dataset; CIFAR-10 is read from
+``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``) and skipped cleanly when absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import statistics
 import sys
 import tempfile
 import time
@@ -27,95 +37,154 @@ from pathlib import Path
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, StepTimer, cifar10_root, machine  # noqa: E402
+from common import REPO, StepTimer, cifar10_root, machine, write_section  # noqa: E402
+from results import fit_and_evaluate  # noqa: E402
 
-from hardcl_lightning.callbacks import OnlineKNN  # noqa: E402
 from hardcl_lightning.cli import build_cli  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BEGIN, END = "<!-- hard_sample_gen: begin -->", "<!-- hard_sample_gen: end -->"
 
-METHODS = {"hard_sample_gen": "HardSampleCL", "positive_pair": "PositivePairCL", "hardgen_full": "PositivePairCL + hard samples"}
+#: arm -> (tiny config, extra CLI options, uses the pre-trained GAN, what it is)
+FROZEN = ["--model.init_args.train_gan=false", "--model.init_args.lambda_hard=0"]
+ARMS: dict[str, tuple[str, list[str], bool, str]] = {
+    "A": ("simclr", [], False, "SimCLR (base)"),
+    "A2x": ("simclr", [], False, "SimCLR on 2x the data"),
+    "Acm": ("simclr", [], False, "SimCLR, compute-matched to C"),
+    "B": ("hard_sample_gen", FROZEN, True, "+ samples of the frozen pre-trained GAN"),
+    "C": ("hard_sample_gen", [], True, "joint hard-sample game (hardness: generator)"),
+    "C_latent": ("hard_sample_gen", ["--model.init_args.hardness=latent"], True, "joint game, hardness: latent"),
+    "C_residual": ("hard_sample_gen", ["--model.init_args.hardness=residual"], True, "hardness: residual (no GAN)"),
+    "D": ("positive_pair", [], True, "generated positive pairs"),
+    "E": ("hardgen_full", [], True, "C + D (combined framework)"),
+}
+DIAGNOSTICS = {"hard/gen_loss_ratio_epoch": "gen/real loss", "hard/gen_pixel_std_epoch": "pixel std",
+               "hard/gen_view_cosine_epoch": "view cos", "hard/pair_sim_achieved_epoch": "pair sim",
+               "hard/pair_sim_target_epoch": "pair target"}
 
 
-class EpochMetrics(L.Callback):
-    """Per-epoch values of a few logged metrics."""
-
-    KEYS = ("hard/gen_loss_ratio_epoch", "hard/gen_loss_real_epoch", "hard/gen_loss_syn_epoch", "gan/d_real_epoch",
-            "gan/d_fake_epoch", "hard/pair_sim_target_epoch", "hard/pair_sim_achieved_epoch")
+class LastEpochMetrics(L.Callback):
+    """The diagnostics' epoch means of the last training epoch."""
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
+        self.values: dict[str, float] = {}
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         m = trainer.callback_metrics
-        self.rows.append({k: float(m[k]) for k in self.KEYS if k in m})
+        self.values = {k: float(m[k]) for k in DIAGNOSTICS if k in m}
 
 
-def run(method: str, epochs: int, fraction: float, data_args: list[str]) -> dict:
-    timer, per_epoch = StepTimer(warmup=3), EpochMetrics()
+def data_args(dataset: str, num_train: int, fraction: float, batch_size: int) -> list[str]:
+    if dataset == "shapes":
+        return [f"--data.init_args.num_train={num_train}", f"--data.init_args.train_fraction={fraction}",
+                f"--data.init_args.batch_size={batch_size}"]
+    root = cifar10_root()
+    return ["--data=hardcl_lightning.data.ImageFolderDataModule", f"--data.train_dir={root / 'train'}",
+            f"--data.val_dir={root / 'test'}", "--data.image_size=32", "--data.num_workers=2",
+            f"--data.train_fraction={fraction}", f"--data.batch_size={batch_size}"]
+
+
+def common_args(tmp: str, epochs: int, seed: int) -> list[str]:
+    return [f"--trainer.max_epochs={epochs}", f"--seed_everything={seed}", f"--trainer.default_root_dir={tmp}",
+            "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
+            "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0"]
+
+
+def pretrain_gan(data: list[str], epochs: int, seed: int, path: Path) -> float:
+    """GAN pre-training on the arms' subset; its checkpoint records that subset. Returns minutes."""
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        cli = build_cli(
-            ["--config", str(REPO / "configs" / "tiny" / f"{method}.yaml"), f"--trainer.max_epochs={epochs}",
-             f"--trainer.default_root_dir={tmp}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-             *data_args, f"--data.init_args.train_fraction={fraction}"],
-            run=False,
-        )
-        cli.trainer.callbacks.extend([timer, per_epoch])
+        cli = build_cli(["--config", str(REPO / "configs" / "tiny" / "gan_pretrain.yaml"), *common_args(tmp, epochs, seed),
+                         *data], run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
-        minutes = (time.perf_counter() - t0) / 60
-    knn = next(cb for cb in cli.trainer.callbacks if isinstance(cb, OnlineKNN))
-    history = dict(knn.history)
-    return {"init": history[0], "last": history[max(history)], "best": knn.best_acc, "spb": timer.seconds_per_step,
-            "minutes": minutes, "epochs": per_epoch.rows, "train_images": len(cli.datamodule._train)}
+        cli.trainer.save_checkpoint(str(path))
+    return (time.perf_counter() - t0) / 60
 
 
-def main() -> None:
+def run_arm(arm: str, data: list[str], epochs: int, seed: int, gan_ckpt: Path | None) -> dict:
+    config, extra, uses_gan, _ = ARMS[arm]
+    timer, last = StepTimer(warmup=3), LastEpochMetrics()
+    gan = [f"--model.init_args.generator_checkpoint={gan_ckpt}", "--model.init_args.joint_start_epoch=0"] if uses_gan else []
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = build_cli(["--config", str(REPO / "configs" / "tiny" / f"{config}.yaml"), *common_args(tmp, epochs, seed),
+                         *data, *gan, *extra], run=False)
+        cli.trainer.callbacks.extend([timer, last])
+        init, final, minutes = fit_and_evaluate(cli)
+    return {"arm": arm, "seed": seed, "epochs": epochs, "knn": final["knn"], "linear": final["linear"],
+            "knn_init": init["knn"], "ms_per_batch": 1000 * timer.seconds_per_step, "minutes": minutes,
+            "train_images": len(cli.datamodule._train), **last.values}
+
+
+def table(rows: list[dict], arms: list[str]) -> list[str]:
+    base_ms = statistics.mean(r["ms_per_batch"] for r in rows if r["arm"] == "A") if any(r["arm"] == "A" for r in rows) else None
+    base_knn = {r["seed"]: r["knn"] for r in rows if r["arm"] == "A"}
+    out = ["| arm | what | images | epochs | kNN per seed (%) | kNN mean (%) | - A | linear mean (%) | ms / batch | "
+           "step-time ratio | last epoch: " + ", ".join(DIAGNOSTICS.values()) + " |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        rs = [r for r in rows if r["arm"] == arm]
+        if not rs:
+            continue
+        knn = statistics.mean(r["knn"] for r in rs)
+        gap = statistics.mean(r["knn"] - base_knn[r["seed"]] for r in rs if r["seed"] in base_knn) if base_knn else None
+        ms = statistics.mean(r["ms_per_batch"] for r in rs)
+        diag = ", ".join(f"{statistics.mean(r[k] for r in rs if k in r):.3f}" if any(k in r for r in rs) else "-"
+                         for k in DIAGNOSTICS)
+        per_seed = " / ".join(f"{100 * r['knn']:.1f}" for r in rs)
+        out.append(f"| {arm} | {ARMS[arm][3]} | {rs[0]['train_images']} | {rs[0]['epochs']} | {per_seed} | {100 * knn:.1f} | "
+                   f"{'-' if gap is None else f'{100 * gap:+.1f}'} | {100 * statistics.mean(r['linear'] for r in rs):.1f} | "
+                   f"{ms:.0f} | {'-' if base_ms is None else f'{ms / base_ms:.2f}'} | {diag} |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.2], help="train_fraction of Shapes10 (10k)")
-    ap.add_argument("--cifar-fractions", type=float, nargs="+", default=[0.2], help="train_fraction of real CIFAR-10 (50k)")
-    ap.add_argument("--datasets", nargs="+", default=["shapes", "cifar10"], choices=["shapes", "cifar10"])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--num-train", type=int, default=10000, help="Shapes10 training images before train_fraction")
-    args = ap.parse_args()
-
-    settings: list[tuple[str, float, list[str]]] = []
-    if "shapes" in args.datasets:
-        settings += [("Shapes10", f, [f"--data.init_args.num_train={args.num_train}"]) for f in args.fractions]
-    if "cifar10" in args.datasets:
-        root = cifar10_root()
-        if root is not None:
-            cifar = ["--data=hardcl_lightning.data.ImageFolderDataModule", f"--data.train_dir={root / 'train'}",
-                     f"--data.val_dir={root / 'test'}", "--data.image_size=32", "--data.crop_scale=[0.2, 1.0]",
-                     "--data.color_jitter_strength=1.0"]
-            settings += [("CIFAR-10", f, cifar) for f in args.cifar_fractions]
-
-    rows, trends = [], []
-    for dataset, fraction, data_args in settings:
-        base = run("simclr", args.epochs, fraction, data_args)
-        results = [("SimCLR", base)] + [(METHODS[m], run(m, args.epochs, fraction, data_args)) for m in args.methods]
-        for name, r in results:
-            rows.append(f"| {dataset} | {fraction:g} ({r['train_images']}) | {name} | {100 * r['init']:.1f} | {100 * r['last']:.1f} | "
-                        f"{100 * r['best']:.1f} | {1000 * r['spb']:.0f} | {r['spb'] / base['spb']:.2f} | {r['minutes']:.1f} |")
-            print(rows[-1], flush=True)
-            if name == "SimCLR":
-                continue
-            per = lambda key, fmt: " ".join(fmt.format(e[key]) for e in r["epochs"] if key in e)  # noqa: E731
-            ratios = per("hard/gen_loss_ratio_epoch", "{:.3f}") or "-"
-            target, achieved = per("hard/pair_sim_target_epoch", "{:.2f}"), per("hard/pair_sim_achieved_epoch", "{:.2f}")
-            sims = f"{target} / {achieved}" if target else "-"
-            d = " ".join(f"{e['gan/d_real_epoch']:+.2f}/{e['gan/d_fake_epoch']:+.2f}" for e in r["epochs"] if "gan/d_real_epoch" in e)
-            trends.append(f"| {dataset} | {fraction:g} | {name} | {ratios} | {sims} | {d} |")
-            print(trends[-1], flush=True)
-
-    print(f"\n# generator methods vs SimCLR: {machine()}; resnet_tiny, {args.epochs} epochs, configs/tiny/<method>.yaml")
-    print("| data | train_fraction (images) | method | kNN epoch 0 (%) | kNN last (%) | kNN best (%) | ms / batch | step-time ratio | minutes |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    print("\n| data | train_fraction | method | generated/real loss ratio per epoch (equal batch size) | "
-          "pair similarity per epoch: target / achieved | D(real)/D(fake) per epoch |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(trends))
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--dataset", choices=["shapes", "cifar10"], default="shapes")
+    ap.add_argument("--fraction", type=float, default=0.2, help="class-balanced train_fraction every arm uses (A2x: twice it)")
+    ap.add_argument("--num-train", type=int, default=10000, help="Shapes10 training images before --fraction")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--gan-epochs", type=int, default=10, help="epochs of GAN pre-training on the subset")
+    ap.add_argument("--batch-size", type=int, default=128, help="every arm's batch (the tiny configs' 128)")
+    ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.dataset == "cifar10" and cifar10_root() is None:
+        print("CIFAR-10 archive absent (data/cifar10-jpg.tar.gz or $HARDCL_CIFAR10_TAR): skipped")
+        return
+    if "A2x" in args.arms and args.fraction * 2 > 1:
+        raise SystemExit(f"--fraction {args.fraction}: arm A2x needs 2x it <= 1; lower --fraction or drop A2x")
+    arms = list(args.arms)
+    if "Acm" in arms:  # compute matching needs A's and C's step times first
+        arms = [a for a in ("A", "C") if a not in arms] + [a for a in arms if a != "Acm"] + ["Acm"]
+    data = data_args(args.dataset, args.num_train, args.fraction, args.batch_size)
+    rows, gan_minutes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            ckpt = Path(tmp) / f"gan_seed{seed}.ckpt"
+            if any(ARMS[a][2] for a in arms):
+                gan_minutes.append(pretrain_gan(data, args.gan_epochs, seed, ckpt))
+            for arm in arms:
+                epochs, arm_data = args.epochs, data
+                if arm == "A2x":
+                    arm_data = data_args(args.dataset, args.num_train, 2 * args.fraction, args.batch_size)
+                if arm == "Acm":
+                    a, c = ([r for r in rows if r["arm"] == x and r["seed"] == seed][0] for x in ("A", "C"))
+                    epochs = max(args.epochs, round(args.epochs * c["ms_per_batch"] / a["ms_per_batch"]))
+                rows.append(run_arm(arm, arm_data, epochs, seed, ckpt if ARMS[arm][2] else None))
+                r = rows[-1]
+                print(f"{arm} seed {seed}: kNN {100 * r['knn_init']:.1f} -> {100 * r['knn']:.1f} %, linear "
+                      f"{100 * r['linear']:.1f} %, {r['ms_per_batch']:.0f} ms/batch, {r['minutes']:.1f} min", flush=True)
+    order = [a for a in ARMS if a in arms]
+    command = "python benchmarks/hard_sample_gen.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"## Generator methods: the arms that test the claim (`{command.strip()}`)", "",
+             f"{datetime.date.today().isoformat()}, {machine()}; {args.dataset}, train_fraction {args.fraction:g}, "
+             f"seeds {' '.join(map(str, args.seeds))}, the tiny configs (resnet_tiny, SimCLR NT-Xent, AdamW), "
+             f"GAN pre-trained {args.gan_epochs} epochs on the same subset "
+             f"({statistics.mean(gan_minutes) if gan_minutes else 0:.1f} min a seed).", "", *table(rows, order)]
+    print("\n".join(lines))
+    if not args.no_write:
+        write_section(RESULTS, BEGIN, END, lines)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,22 @@ def test_hvs_real_diagnostic_rows_are_their_own_and_pair_with_the_base():
     assert rows["HVS-MoCo v2 [reuse_targets=false]"][5] == "-2.0" and rows["HVS-MoCo v2"][5] == "-5.0"
     assert not any(line.startswith("Not run yet") for line in lines)
     assert hvs_real.run_name("mocov2", "hvs", 1, ("model.reuse_targets=false",)) == "mocov2_hvs_reuse_targets-false_seed1"
+
+
+def test_hard_sample_gen_runs_every_arm_and_matches_compute(tmp_path):
+    """Every arm at a tiny size, one seed: the table has each arm, B/C arms their diagnostics, the
+    pre-trained GAN is accepted by the joint runs (same subset) and Acm gets more epochs than A."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "hard_sample_gen.py"), "--arms", "A", "A2x", "Acm", "B", "C", "C_latent",
+         "C_residual", "D", "E", "--seeds", "0", "--epochs", "1", "--gan-epochs", "1", "--num-train", "400",
+         "--batch-size", "16", "--no-write"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (A|A2x|Acm|B|C|C_latent|C_residual|D|E) \|.*$", out.stdout, re.M)}
+    assert set(rows) == {"A", "A2x", "Acm", "B", "C", "C_latent", "C_residual", "D", "E"}, out.stdout[-2000:]
+    cells = {arm: [c.strip() for c in row.strip("|").split("|")] for arm, row in rows.items()}
+    assert cells["A"][2] == "80" and cells["A2x"][2] == "160"  # images: the fraction, and twice it
+    assert int(cells["Acm"][3]) > int(cells["A"][3])  # C's steps are slower: A gets more epochs to match
+    assert cells["B"][-1].split(", ")[0] != "-" and cells["A"][-1].startswith("-")  # generated/real loss ratio
+    assert not list(tmp_path.iterdir())  # no run files in the cwd

@@ -474,3 +474,15 @@ def test_bad_hardness_options_name_the_value():
                     ({"lambda_diversity": -0.1}, "lambda_diversity must be >= 0, got -0.1")]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             HardSampleCL(**TINY, **GAN_TINY, **kw)
+
+
+def test_a_frozen_gan_trains_the_main_model_only_on_its_samples():
+    """The control arm (B): samples of a GAN pre-trained alone, G and D never stepped."""
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY, train_gan=False, lambda_hard=0.0)
+    gan_before = copy.deepcopy(model.gan.state_dict())
+    rec = RecordSteps()
+    trainer(max_epochs=1, limit_train_batches=2, callbacks=[rec]).fit(model, datamodule())
+    assert set(rec.changed) == {0}
+    after = model.gan.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in gan_before.items() if "running" not in k and "num_batches" not in k)

@@ -336,6 +336,8 @@ class HardSampleMixin(AdversarialTraining):
         d_steps: discriminator steps per generator step (fresh fakes after the first).
         lambda_diversity: weight of a mode-seeking term (Mao et al. CVPR 2019, eq. 3) in G's loss:
             G maximises ``mean|G(z1) - G(z2)| / mean|z1 - z2|``, against collapse.
+        train_gan: False keeps G and D as they start (the paper's control: samples of a GAN
+            pre-trained alone, with ``generator_checkpoint`` and ``lambda_hard: 0``).
         generator_checkpoint: a ``GANPretrain`` (or joint) checkpoint whose G and D start the run;
             read at the start of a fresh fit, not when resuming.
         latent_dim: the generator's latent size (must match ``generator_checkpoint``'s).
@@ -371,6 +373,7 @@ class HardSampleMixin(AdversarialTraining):
         truncation: float | None = None,
         d_steps: int = 1,
         lambda_diversity: float = 0.0,
+        train_gan: bool = True,
         generator_checkpoint: str | None = None,
         latent_dim: int = 128,
         g_channels: int = 64,
@@ -407,6 +410,7 @@ class HardSampleMixin(AdversarialTraining):
         if lambda_diversity < 0:
             raise ValueError(f"lambda_diversity must be >= 0, got {lambda_diversity}")
         self.hardness, self.latent_budget, self.residual_budget = hardness, latent_budget, residual_budget
+        self.train_gan = train_gan
         self.hardness_steps, self.truncation, self.d_steps, self.lambda_diversity = hardness_steps, truncation, d_steps, lambda_diversity
         self.generator_enabled, self.lambda_syn, self.syn_share = generator_enabled, lambda_syn, syn_share
         self.lambda_hard, self.lambda_hard_start, self.hardness_schedule = lambda_hard, lambda_hard_start, hardness_schedule
@@ -514,8 +518,9 @@ class HardSampleMixin(AdversarialTraining):
     # --- hard samples ---------------------------------------------------------------------------
     @property
     def gan_trains(self) -> bool:
-        """Whether G and D take their steps (the ``residual`` mode perturbs real images: no GAN)."""
-        return self.generator_enabled and self.hardness != "residual"
+        """Whether G and D take their steps (not with ``train_gan: false``, nor in the ``residual``
+        mode, which perturbs real images: no GAN)."""
+        return self.generator_enabled and self.train_gan and self.hardness != "residual"
 
     def bounded_search(self, render: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size, like: torch.Tensor,
                        ascend: Callable[[torch.Tensor], torch.Tensor], project: Callable[[torch.Tensor], torch.Tensor]

@@ -253,7 +253,7 @@ class PositivePairMixin(HardSampleMixin):
 
     @property
     def gan_trains(self) -> bool:
-        return self.generator_enabled and (self.positive_pairs or super().gan_trains)
+        return self.generator_enabled and self.train_gan and (self.positive_pairs or super().gan_trains)
 
     def pair_generator_loss(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Both generators: realistic, at the target similarity, and (``lambda_pos_hard``) hard."""
