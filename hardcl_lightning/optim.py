@@ -125,3 +125,19 @@ def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> fl
     """Cosine interpolation from ``start`` (step 0) to ``end`` (``total_steps``); EMA momenta use it."""
     progress = min(1.0, step / max(1, total_steps))
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
+
+
+#: the kinds ``ramp`` takes (the generator methods' hardness, LR and pair-similarity schedules)
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def ramp(progress: float, start: float, end: float, kind: str) -> float:
+    """Value at ``progress`` in [0, 1] of a schedule from ``start`` to ``end`` (constant: ``end``)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {list(SCHEDULES)}")
+    p = min(1.0, max(0.0, progress))
+    if kind == "constant":
+        return end
+    if kind == "linear":
+        return start + (end - start) * p
+    return end - (end - start) * (1 + math.cos(math.pi * p)) / 2

@@ -13,7 +13,8 @@ from hardcl_lightning.callbacks import GeneratedImageGrid
 from hardcl_lightning.data import ShapesDataModule
 from hardcl_lightning.methods import GANPretrain, HardSampleCL, HardSampleMoCoV2, SimCLR
 from hardcl_lightning.batchnorm import frozen_batchnorm_stats
-from hardcl_lightning.methods.generative import load_gan_state, ramp
+from hardcl_lightning.methods.generative import load_gan_state
+from hardcl_lightning.optim import ramp
 
 TINY = dict(backbone="resnet_tiny", cifar_stem=True, backbone_kwargs={"widths": (8, 16, 16, 16)}, proj_hidden_dim=32,
             proj_output_dim=16, batch_size=16, optimizer="adamw", lr=1e-3, warmup_epochs=0.0)
@@ -486,3 +487,37 @@ def test_a_frozen_gan_trains_the_main_model_only_on_its_samples():
     assert set(rec.changed) == {0}
     after = model.gan.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in gan_before.items() if "running" not in k and "num_batches" not in k)
+
+
+def test_the_model_asks_for_real_images_without_writing_on_the_datamodule():
+    torch.manual_seed(0)
+    dm = datamodule()
+    trainer(max_epochs=1, limit_train_batches=1).fit(HardSampleCL(**TINY, **GAN_TINY), dm)  # D needed the images
+    assert dm.with_image is False  # nothing was flipped on the shared datamodule
+    plain = datamodule()
+    plain.setup()
+    assert "image" not in next(iter(plain.train_dataloader()))  # and a base method's batches stay lean
+
+
+def test_losses_on_generated_samples_gather_nothing_and_flip_no_flag(monkeypatch):
+    """Generated samples are per rank: their loss must not reach for other ranks' negatives, and
+    computing it must not change the method's own setting for the real-data loss."""
+    import hardcl_lightning.losses as losses
+    import hardcl_lightning.methods.simclr as simclr
+
+    calls = []
+    real_nt_xent = losses.nt_xent
+
+    def spy(*args, gather_distributed=True, **kwargs):
+        calls.append(gather_distributed)
+        return real_nt_xent(*args, gather_distributed=gather_distributed, **kwargs)
+
+    monkeypatch.setattr(simclr, "nt_xent", spy)
+    torch.manual_seed(0)
+    model = HardSampleCL(**TINY, **GAN_TINY)
+    assert model.gather_distributed is True
+    model.synthetic_loss(model.gan.sample(8))
+    assert calls == [False] and model.gather_distributed is True
+    calls.clear()
+    model.training_loss(model.embed([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]))
+    assert calls == [True]

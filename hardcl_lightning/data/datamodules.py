@@ -146,7 +146,8 @@ class SSLDataModule(L.LightningDataModule):
         train_fraction: deterministic class-balanced fraction of the training set to use.
         seed: seed of the ``train_fraction`` subset.
         with_image: training batches also carry the un-augmented ``"image"`` (normalised as in
-            validation); the generator methods switch it on themselves.
+            validation); also when the model being trained says it needs them (``needs_real_images``,
+            the generator methods), without setting this.
         predict_split: what ``hardcl predict`` embeds: ``train`` (the training images, in bank
             order) or ``val``; None takes ``val`` when there is a validation set, else ``train``.
         augment_on: ``cpu``: views cut and jittered per image with PIL in the loader workers;
@@ -272,13 +273,20 @@ class SSLDataModule(L.LightningDataModule):
     def eval_transform(self):
         return eval_transform(self.image_size, self.mean, self.std, self.eval_resize_ratio)
 
+    @property
+    def batches_carry_image(self) -> bool:
+        """``with_image``, or the attached model's ``needs_real_images`` (read, never written)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return self.with_image or bool(getattr(module, "needs_real_images", False))
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # drop_last: contrastive losses gather equal-sized batches across ranks
         if self.augment_on == "device":
             return self._loader(RawImageDataset(self._train, self.device_input_size), shuffle=True, drop_last=True,
                                 collate_fn=collate_raw_images)
-        image_transform = self.eval_transform() if self.with_image else None
+        image_transform = self.eval_transform() if self.batches_carry_image else None
         train = MultiViewDataset(self._train, self.train_transform(), image_transform)
         return self._loader(train, shuffle=True, drop_last=True)
 
@@ -299,7 +307,7 @@ class SSLDataModule(L.LightningDataModule):
         made = [aug(x) for aug in self._device_augmentations]
         batch["views"] = [v for v, _ in made]
         batch["boxes"] = torch.stack([b for _, b in made], dim=1)
-        if self.with_image:
+        if self.batches_carry_image:
             if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
                 x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                                     antialias=True, align_corners=False)

@@ -189,7 +189,17 @@ class BaseMethod(ResumableState, L.LightningModule):
 
     def training_loss(self, outs: Sequence[ViewOutputs]) -> torch.Tensor:
         """Scalar training loss: the mean of ``pair_loss`` over all pairs of views."""
-        pair_losses = [self.pair_loss(outs[i], outs[j]).mean() for i, j in itertools.combinations(range(len(outs)), 2)]
+        return self.mean_over_view_pairs(outs, self.pair_loss)
+
+    def local_training_loss(self, outs: Sequence[ViewOutputs]) -> torch.Tensor:
+        """The training loss over this rank's samples only (no other rank's negatives): for samples
+        drawn per rank, such as generated ones, whose backward pass must hold no collective. The
+        same as ``training_loss`` for methods that gather nothing; SimCLR overrides it."""
+        return self.training_loss(outs)
+
+    @staticmethod
+    def mean_over_view_pairs(outs: Sequence[ViewOutputs], pair_loss) -> torch.Tensor:
+        pair_losses = [pair_loss(outs[i], outs[j]).mean() for i, j in itertools.combinations(range(len(outs)), 2)]
         return torch.stack(pair_losses).mean()
 
     # --- training / validation ------------------------------------------------------------

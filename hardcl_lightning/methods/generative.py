@@ -46,7 +46,7 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -61,40 +61,10 @@ from hardcl_lightning.batchnorm import frozen_batchnorm_stats, no_running_stat_u
 from hardcl_lightning.methods.base import BaseMethod, ViewOutputs, sync_lambda_schedules
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
+from hardcl_lightning.optim import SCHEDULES, ramp
 
-SCHEDULES = ("constant", "linear", "cosine")
 #: how ``HardSampleMixin`` makes a sample hard (its docstring says what each does)
 HARDNESS_MODES = ("generator", "latent", "residual")
-
-
-def ramp(progress: float, start: float, end: float, kind: str) -> float:
-    """Value at ``progress`` in [0, 1] of a schedule from ``start`` to ``end`` (constant: ``end``)."""
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; choose one of {list(SCHEDULES)}")
-    p = min(1.0, max(0.0, progress))
-    if kind == "constant":
-        return end
-    if kind == "linear":
-        return start + (end - start) * p
-    return end - (end - start) * (1 + math.cos(math.pi * p)) / 2
-
-
-@contextlib.contextmanager
-def local_loss(method: Any) -> Iterator[None]:
-    """Compute a loss with this rank's samples only (no cross-rank gather).
-
-    Generated samples are drawn per rank and need no other rank's negatives; keeping their loss
-    local also keeps collectives out of the generator's backward pass, where, beside DDP's own
-    gradient all-reduce under manual optimisation, they can deadlock.
-    """
-    saved = getattr(method, "gather_distributed", None)
-    if saved is not None:
-        method.gather_distributed = False
-    try:
-        yield
-    finally:
-        if saved is not None:
-            method.gather_distributed = saved
 
 
 def load_gan_state(gan: GAN, path: str, train_subset: dict[str, Any] | None = None) -> None:
@@ -132,6 +102,9 @@ class AdversarialTraining:
     schedules, pixel-range conversion of the datamodule's normalised images, the D step."""
 
     gan: GAN
+    #: training batches must carry the un-augmented ``"image"`` (D trains on it); hardcl_lightning's
+    #: datamodules read this from the model they train
+    needs_real_images = True
 
     def init_adversarial(
         self,
@@ -173,12 +146,6 @@ class AdversarialTraining:
         mean = self.pixel_mean or getattr(dm, "mean", None) or IMAGENET_MEAN
         std = self.pixel_std or getattr(dm, "std", None) or IMAGENET_STD
         return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-
-    def request_real_images(self) -> None:
-        """Ask the datamodule to put the un-augmented image in training batches (D trains on it)."""
-        dm = getattr(self.trainer, "datamodule", None)  # type: ignore[attr-defined]
-        if dm is not None and hasattr(dm, "with_image"):
-            dm.with_image = True
 
     def real_pixels(self, batch: dict[str, Any]) -> torch.Tensor:
         if "image" not in batch:
@@ -277,9 +244,6 @@ class GANPretrain(ResumableState, AdversarialTraining, L.LightningModule):
         self.num_views, self.batch_size = num_views, batch_size
         self.init_adversarial(image_size, latent_dim, g_channels, d_channels, diffaugment_policy, g_lr, d_lr, gan_betas,
                               gan_lr_schedule, pixel_mean, pixel_std)
-
-    def setup(self, stage: str) -> None:
-        self.request_real_images()
 
     def on_train_start(self) -> None:
         sync_lambda_schedules(self.trainer)
@@ -423,7 +387,6 @@ class HardSampleMixin(AdversarialTraining):
     # --- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)  # type: ignore[misc]
-        self.request_real_images()
         mean, std = self.resolve_pixel_stats()
         dm = getattr(self.trainer, "datamodule", None)  # type: ignore[attr-defined]
         specs = list(getattr(dm, "view_specs", []) or [])[:2] or [ViewSpec(self.gan.generator.image_size)] * 2
@@ -492,8 +455,9 @@ class HardSampleMixin(AdversarialTraining):
         rank: generated samples are not gathered across ranks), and their outputs."""
         with no_running_stat_updates(self.main_modules()):  # evaluation statistics: real images only
             outs = self.embed(self.synthetic_views(images))  # type: ignore[attr-defined]
-        with local_loss(self):
-            return self.training_loss(outs), outs  # type: ignore[attr-defined]
+        # this rank's samples only: generated samples are drawn per rank, and a collective in the
+        # generator's backward pass, beside DDP's own all-reduce under manual optimisation, can deadlock
+        return self.local_training_loss(outs), outs  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def equal_size_losses(self, real: list[ViewOutputs], syn: list[ViewOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -501,7 +465,7 @@ class HardSampleMixin(AdversarialTraining):
         of each): in-batch losses such as NT-Xent depend on the batch size, so only these compare."""
         m = min(real[0]["feats"].shape[0], syn[0]["feats"].shape[0])
         head = lambda outs: [{k: v[:m] for k, v in o.items()} for o in outs]  # noqa: E731
-        return self.training_loss(head(real)), self.training_loss(head(syn))  # type: ignore[attr-defined]
+        return self.local_training_loss(head(real)), self.local_training_loss(head(syn))  # type: ignore[attr-defined]
 
     #: child modules that belong to the generative side (not the contrastive model)
     generative_modules: tuple[str, ...] = ("gan",)

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from hardcl_lightning.batchnorm import no_running_stat_updates
 from hardcl_lightning.losses import multi_positive_nt_xent
 from hardcl_lightning.methods.base import ViewOutputs
-from hardcl_lightning.methods.generative import SCHEDULES, HardSampleMixin, ramp
+from hardcl_lightning.methods.generative import HardSampleMixin
+from hardcl_lightning.optim import SCHEDULES, ramp
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
 
@@ -230,7 +231,7 @@ class PositivePairMixin(HardSampleMixin):
         with no_running_stat_updates(self.main_modules()):  # evaluation statistics: real images only
             outs = self.embed(views)  # type: ignore[attr-defined]
         z = torch.stack([o[self.projection_key] for o in outs], dim=1)  # [n, 4, D]
-        # per rank, like every loss on generated samples (generative.local_loss says why)
+        # per rank, like every loss on generated samples (HardSampleMixin.synthetic_loss says why)
         return multi_positive_nt_xent(z, self.temperature, gather_distributed=False)  # type: ignore[attr-defined]
 
     # --- the steps ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -61,5 +61,12 @@ class SimCLR(BaseMethod):
         return {"feats": feats, "z": self.projector(feats)}
 
     def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
-        return nt_xent(out_a["z"], out_b["z"], self.temperature, reduction="none", gather_distributed=self.gather_distributed,
+        return self.nt_xent(out_a, out_b, self.gather_distributed)
+
+    def nt_xent(self, out_a: ViewOutputs, out_b: ViewOutputs, gather_distributed: bool) -> torch.Tensor:
+        """Per-sample NT-Xent of two views (negatives from every rank when ``gather_distributed``)."""
+        return nt_xent(out_a["z"], out_b["z"], self.temperature, reduction="none", gather_distributed=gather_distributed,
                        tau_plus=self.tau_plus, hardness_beta=self.hardness_beta)
+
+    def local_training_loss(self, outs: Sequence[ViewOutputs]) -> torch.Tensor:
+        return self.mean_over_view_pairs(outs, lambda a, b: self.nt_xent(a, b, gather_distributed=False))
