@@ -52,7 +52,7 @@ ARMS: dict[str, tuple[str, list[str], bool, str]] = {
     "A2x": ("simclr", [], False, "SimCLR on 2x the data"),
     "Acm": ("simclr", [], False, "SimCLR, compute-matched to C"),
     "B": ("hard_sample_gen", FROZEN, True, "+ samples of the frozen pre-trained GAN"),
-    "C": ("hard_sample_gen", [], True, "joint hard-sample game (hardness: generator)"),
+    "C": ("hard_sample_gen", ["--model.init_args.hardness=generator"], True, "joint hard-sample game (hardness: generator)"),
     "C_latent": ("hard_sample_gen", ["--model.init_args.hardness=latent"], True, "joint game, hardness: latent"),
     "C_residual": ("hard_sample_gen", ["--model.init_args.hardness=residual"], True, "hardness: residual (no GAN)"),
     "D": ("positive_pair", [], True, "generated positive pairs"),

@@ -135,7 +135,7 @@ def test_each_optimiser_updates_only_its_own_parameters(cls, extra):
 
 def test_generator_step_leaves_the_main_models_batchnorm_statistics_alone():
     torch.manual_seed(0)
-    model = HardSampleCL(**TINY, **GAN_TINY, lambda_hard=1.0, hardness_schedule="constant")
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="generator", lambda_hard=1.0, hardness_schedule="constant")
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k and not k.startswith("gan.")}
     with frozen_batchnorm_stats(model.main_modules()):
         loss, _, _ = model.generator_loss(16)
@@ -147,7 +147,7 @@ def test_generator_step_leaves_the_main_models_batchnorm_statistics_alone():
 
 def test_generator_loss_is_realism_minus_weighted_hardness():
     torch.manual_seed(0)
-    model = HardSampleCL(**TINY, **GAN_TINY, lambda_hard=0.7, hardness_schedule="constant")
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="generator", lambda_hard=0.7, hardness_schedule="constant")
     torch.manual_seed(5)
     loss, fake, stats = model.generator_loss(16)
     assert fake.shape[0] == 8  # syn_share 0.5 of the batch
@@ -433,7 +433,7 @@ def test_output_gradient_norms_against_the_analytic_gradient():
 
 def test_generator_mode_logs_the_realism_hardness_and_diversity_gradients():
     torch.manual_seed(0)
-    model = HardSampleCL(**TINY, **GAN_TINY, lambda_hard=0.5, hardness_schedule="constant", lambda_diversity=0.1)
+    model = HardSampleCL(**TINY, **GAN_TINY, hardness="generator", lambda_hard=0.5, hardness_schedule="constant", lambda_diversity=0.1)
     loss, fake, stats = model.generator_loss(16)
     assert {"gan/grad_norm_realism", "hard/grad_norm_hardness", "gan/grad_norm_diversity"} <= set(stats)
     assert all(stats[k] > 0 for k in ("gan/grad_norm_realism", "hard/grad_norm_hardness", "gan/grad_norm_diversity"))

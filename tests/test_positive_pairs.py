@@ -190,7 +190,7 @@ def test_combined_framework_logs_both_branches():
     model = PositivePairCL(**TINY, **GAN_TINY, hard_samples=True)
     t = trainer(max_epochs=1, limit_train_batches=2)
     t.fit(model, datamodule())
-    for key in ("hard/gen_loss_ratio_epoch", "hard/gen_loss_for_g_epoch", "hard/pair_pos_loss_epoch",
+    for key in ("hard/gen_loss_ratio_epoch", "hard/latent_delta_norm_epoch", "hard/pair_pos_loss_epoch",
                 "hard/pair_sim_target_epoch", "hard/pair_sim_achieved_epoch", "hard/pair_penalty_epoch", "gan/d_fake_epoch"):
         assert key in t.logged_metrics, key
     alone = PositivePairCL(**TINY, **GAN_TINY)

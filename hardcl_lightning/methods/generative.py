@@ -330,7 +330,7 @@ class HardSampleMixin(AdversarialTraining):
         lambda_hard_start: float = 0.0,
         hardness_schedule: str = "linear",
         joint_start_epoch: int = 0,
-        hardness: str = "generator",
+        hardness: str = "latent",
         latent_budget: float = 0.5,
         residual_budget: float = 8 / 255,
         hardness_steps: int = 2,
