@@ -218,3 +218,14 @@ def test_checkpoint_holds_both_generators_and_resumes(tmp_path):
         resumed, datamodule(), ckpt_path=path)
     for k, v in seen["b"].items():
         assert torch.equal(v, ckpt["state_dict"][f"generator_b.{k}"]), k
+
+
+def test_checkpoint_from_before_the_relative_target_loads_with_nothing_measured():
+    model = PositivePairCL(**TINY, **GAN_TINY)
+    model.update_real_similarities(torch.tensor(0.9), torch.tensor(0.3))
+    state = {k: v for k, v in model.state_dict().items() if k != "real_pair_similarity"}
+    checkpoint = {"state_dict": state}
+    model.on_load_checkpoint(checkpoint)
+    fresh = PositivePairCL(**TINY, **GAN_TINY)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict: every key there
+    assert torch.isnan(fresh.real_pair_similarity).all()

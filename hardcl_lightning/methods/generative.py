@@ -508,15 +508,16 @@ class HardSampleMixin(AdversarialTraining):
         if self.hardness == "residual":
             if real is None:
                 raise ValueError("hardness='residual' perturbs the batch's real images, but none were given")
-            x0 = real[torch.arange(n, device=real.device) % real.shape[0]]
+            source = real[torch.arange(n, device=real.device) % real.shape[0]]
             eps = self.residual_budget * scale
+            hard = source
             if eps > 0:
-                delta = self.bounded_search(lambda d: (x0 + d).clamp(0, 1), x0.shape, x0,
+                delta = self.bounded_search(lambda d: (source + d).clamp(0, 1), source.shape, source,
                                             ascend=lambda g: 2.5 * eps / self.hardness_steps * g.sign(),
                                             project=lambda d: d.clamp(-eps, eps))
-                x0 = (x0 + delta).clamp(0, 1)
-            stats["hard/residual_linf"] = (x0 - real[torch.arange(n, device=real.device) % real.shape[0]]).abs().amax(dim=(1, 2, 3)).mean()
-            return x0.detach(), stats
+                hard = (source + delta).clamp(0, 1)
+            stats["hard/residual_linf"] = (hard - source).abs().amax(dim=(1, 2, 3)).mean()
+            return hard.detach(), stats
         z = self.gan.latent(n, self.truncation)
         if self.hardness == "latent":
             radius = self.latent_budget * math.sqrt(self.gan.latent_dim) * scale

@@ -252,6 +252,13 @@ class PositivePairMixin(HardSampleMixin):
                 loss = loss + self.lambda_pos * pos_loss
         return loss, outs, stats
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before ``real_pair_similarity`` existed: nothing measured yet (NaN)."""
+        state = checkpoint.get("state_dict", {})
+        if state and "real_pair_similarity" not in state:
+            state["real_pair_similarity"] = torch.full((2,), float("nan"))
+        super().on_load_checkpoint(checkpoint)
+
     @property
     def gan_trains(self) -> bool:
         return self.generator_enabled and self.train_gan and (self.positive_pairs or super().gan_trains)
