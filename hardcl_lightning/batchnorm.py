@@ -49,3 +49,35 @@ def no_running_stat_updates(modules: Sequence[nn.Module]) -> Iterator[None]:
             bn.momentum = momentum
             if count is not None:
                 bn.num_batches_tracked.copy_(count)
+
+
+class LocalBatchNorm(_BatchNorm):
+    """BatchNorm over this process's batch alone, for inputs of any rank >= 2 (as SyncBatchNorm
+    takes them): what ``local_batchnorm`` puts back where statistics must stay per process."""
+
+    def _check_input_dim(self, input) -> None:  # noqa: A002 (torch's name)
+        if input.dim() < 2:
+            raise ValueError(f"BatchNorm expects an input of at least 2 dimensions (N, C, ...), got {input.dim()}")
+
+
+def local_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``SyncBatchNorm`` in it replaced by a per-process ``LocalBatchNorm``.
+
+    The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm`` (which Lightning's
+    ``sync_batchnorm=True`` applies to every BatchNorm) for the parts whose statistics must not
+    be global, MoCo's shuffle-BN key encoder. The replacement holds the same parameter and buffer
+    tensors, so the state-dict keys, the optimiser's and DDP's references stay valid; it can be
+    applied after DDP has wrapped the model. Returns the module (a new one only when ``module``
+    itself is a SyncBatchNorm).
+    """
+    if isinstance(module, nn.SyncBatchNorm):
+        local = LocalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats, device="meta")
+        local._parameters.update(module._parameters)
+        local._buffers.update(module._buffers)
+        return local.train(module.training)
+    for name, child in module.named_children():
+        replaced = local_batchnorm(child)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module

@@ -132,6 +132,37 @@ def test_moco_keys_use_shuffle_bn_queries_do_not():
     assert not torch.allclose(keys, whole, atol=1e-4)
 
 
+def test_sync_batchnorm_leaves_moco_shuffle_bn_key_encoder_per_process():
+    """Lightning's ``sync_batchnorm`` converts every BatchNorm; a global key-encoder statistic would
+    undo shuffle-BN, so ``on_fit_start`` makes the key encoder's local again (same tensors)."""
+
+    class FakeTrainer:
+        world_size = 1
+
+    torch.manual_seed(0)
+    for key_bn, key_sync in (("shuffle", False), ("batch", True)):
+        m = nn.SyncBatchNorm.convert_sync_batchnorm(MoCoV2(**TINY, proj_hidden_dim=32, proj_output_dim=16,
+                                                           queue_size=64, key_bn=key_bn, batch_size=32))
+        state = m.state_dict(keep_vars=True)
+        m._trainer = FakeTrainer()
+        m.on_fit_start()
+        m._trainer = None
+        syncs = {name: any(isinstance(b, nn.SyncBatchNorm) for b in getattr(m, name).modules())
+                 for name in ("backbone", "momentum_backbone")}
+        assert syncs == {"backbone": True, "momentum_backbone": key_sync}, key_bn
+        after = m.state_dict(keep_vars=True)
+        assert list(after) == list(state) and all(after[k] is state[k] for k in state)  # the very same tensors
+    m = nn.SyncBatchNorm.convert_sync_batchnorm(MoCoV2(**TINY, proj_hidden_dim=32, proj_output_dim=16, queue_size=64))
+    m.use_local_key_batchnorm()
+    bn = next(b for b in m.momentum_backbone.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm))
+    x = torch.randn(6, bn.num_features, 4, 4)
+    mean_before = bn.running_mean.clone()
+    expected = F.batch_norm(x, mean_before.clone(), bn.running_var.clone(), bn.weight, bn.bias, training=True,
+                            momentum=bn.momentum, eps=bn.eps)
+    assert torch.allclose(bn(x), expected, atol=1e-6)  # this batch's statistics, on a CPU tensor: no SyncBatchNorm
+    assert torch.allclose(bn.running_mean, (1 - bn.momentum) * mean_before + bn.momentum * x.mean((0, 2, 3)), atol=1e-6)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hardcl_lightning.batchnorm import local_batchnorm
 from hardcl_lightning.distributed import gather_no_grad, shuffled_batch_forward
 from hardcl_lightning.heads import MLPHead
 from hardcl_lightning.losses import info_nce
@@ -30,8 +31,10 @@ class MoCoV2(MomentumMethod):
         key_bn: ``shuffle``: the key encoder's BatchNorm statistics come from a random sub-batch
             (shuffle-BN, MoCo sec. 3.3: across ranks under DDP, else ``shuffle_bn_groups``
             sub-batches), so a key is not normalised together with its own query; ``batch``:
-            the key batch's own statistics (solo-learn). ``sync_batchnorm`` makes the statistics
-            global again, which undoes the shuffle.
+            the key batch's own statistics (solo-learn). With ``sync_batchnorm`` the key encoder
+            keeps per-process statistics under ``shuffle`` (``on_fit_start`` turns its
+            SyncBatchNorm back into local BatchNorm; global statistics would undo the shuffle),
+            the query encoder's are global.
         shuffle_bn_groups: sub-batches of shuffle-BN on one process (8: the paper's GPUs).
         exclude_own_keys: keys of the query's own image (earlier epochs' keys in the queue, by
             dataset index) are not negatives, in the loss nor among MoCHi's hardest: with a
@@ -95,12 +98,22 @@ class MoCoV2(MomentumMethod):
         return {**super().learnable_modules(), "projector": self.projector}
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.key_bn == "shuffle":
+            self.use_local_key_batchnorm()
         global_batch = self.batch_size * self.trainer.world_size
         if self.queue_size % global_batch:
             raise ValueError(
                 f"queue_size {self.queue_size} is not a multiple of the global batch {global_batch} "
                 f"(batch_size {self.batch_size} x {self.trainer.world_size} devices); choose a multiple of {global_batch}"
             )
+
+    def use_local_key_batchnorm(self) -> None:
+        """Per-process BatchNorm in the key encoder (``facebookresearch/moco`` has per-GPU
+        BatchNorm everywhere): each rank normalises its slice of the shuffled global batch.
+        Undoes Lightning's ``sync_batchnorm`` there; a no-op without it."""
+        self.momentum_backbone = local_batchnorm(self.momentum_backbone)
+        self.momentum_projector = local_batchnorm(self.momentum_projector)
 
     target_keys = ("k",)
 
