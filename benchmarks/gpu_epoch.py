@@ -3,6 +3,7 @@
     python benchmarks/gpu_epoch.py                     # on a GPU: the CIFAR configs, ResNet-18, bf16, channels_last
     python benchmarks/gpu_epoch.py --tiny              # any machine (CI): resnet_tiny, a few steps, 32-bit
     python benchmarks/gpu_epoch.py --compile           # also torch.compile the backbone (inductor)
+    python benchmarks/gpu_epoch.py --data-only --steps 300   # views/s of each data path alone (no model)
 
 Methods: SimCLR, HVS-SimCLR (scoring at full and at half resolution), MoCo v2 and MoCHi, each from its
 CIFAR config (``configs/<method>_cifar10.yaml``: heads, loss, optimiser) on the CIFAR-10 training
@@ -17,6 +18,11 @@ with ``--tiny``). Data paths:
 
 Each arm trains ``--steps`` timed steps after ``--warmup`` steps; seconds per epoch = median step
 time x (50000 / batch). Printed: a table with the ratio of each path to the bound.
+
+``--data-only``: no model; each path's batches are drawn and timed alone (``cpu``: the loader's
+PIL views; ``device``: the loader's uint8 batches and the batched views made from them, on the
+GPU when there is one, else on this CPU). Printed: views/s of both paths and their ratio, which
+says which path a machine without a GPU should use.
 """
 
 from __future__ import annotations
@@ -108,6 +114,35 @@ def measure(name: str, path: str, args: argparse.Namespace, root: Path | None) -
     return timer.seconds_per_step
 
 
+def measure_data(name: str, path: str, args: argparse.Namespace, root: Path | None) -> float:
+    """Views per second of one data path alone, over ``--steps`` batches after ``--warmup``."""
+    import time
+
+    from hardcl_lightning.cli import build_cli
+
+    config, extra = ARMS[name]
+    argv = arm_args(config, extra, path, args.tiny, root, args.batch_size, args.workers, 1)
+    L.seed_everything(0, verbose=False)
+    dm = build_cli(argv, run=False).datamodule
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    loader, views, seconds = dm.train_dataloader(), 0, 0.0
+    batches = iter(loader)
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:  # an epoch ended: the next one, as training would
+            batches = iter(loader)
+            batch = next(batches)
+        batch = dm.on_after_batch_transfer(L.pytorch.utilities.move_data_to_device(batch, device), 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            seconds += time.perf_counter() - start
+            views += sum(v.shape[0] for v in batch["views"])
+    return views / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="resnet_tiny, 32-bit, 2 %% of the images: any machine, CI")
@@ -118,6 +153,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per arm (default 30; 3 with --tiny)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 2 with --tiny)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (inductor)")
+    parser.add_argument("--data-only", action="store_true", help="views/s of the cpu and device data paths alone, no model")
     args = parser.parse_args()
     import os
     import warnings
@@ -134,6 +170,13 @@ def main() -> None:
     root = cifar10_root()
     print(f"{machine()}; data: {'CIFAR-10 train' if root else 'Shapes10 (no CIFAR-10 archive)'}; batch {args.batch_size}; "
           f"{args.steps} timed steps after {args.warmup}; {'tiny' if args.tiny else 'CIFAR configs'}", flush=True)
+    if args.data_only:
+        print("| method | cpu path views/s | device path views/s | device / cpu |")
+        print("|---|---|---|---|")
+        for name in args.methods:
+            rate = {path: measure_data(name, path, args, root) for path in ("cpu", "device")}
+            print(f"| {name} | {rate['cpu']:.0f} | {rate['device']:.0f} | {rate['device'] / rate['cpu']:.2f} |", flush=True)
+        return
     rows = []
     for name in args.methods:
         times = {path: measure(name, path, args, root) for path in args.paths}

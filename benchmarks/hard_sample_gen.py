@@ -43,7 +43,10 @@ from results import fit_and_evaluate  # noqa: E402
 from hardcl_lightning.cli import build_cli  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- hard_sample_gen: begin -->", "<!-- hard_sample_gen: end -->"
+MARKERS = {  # each dataset's table has a section of its own
+    "shapes": ("<!-- hard_sample_gen: begin -->", "<!-- hard_sample_gen: end -->"),
+    "cifar10": ("<!-- hard_sample_gen cifar10: begin -->", "<!-- hard_sample_gen cifar10: end -->"),
+}
 
 #: arm -> (tiny config, extra CLI options, uses the pre-trained GAN, what it is)
 FROZEN = ["--model.init_args.train_gan=false", "--model.init_args.lambda_hard=0"]
@@ -177,14 +180,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"{100 * r['linear']:.1f} %, {r['ms_per_batch']:.0f} ms/batch, {r['minutes']:.1f} min", flush=True)
     order = [a for a in ARMS if a in arms]
     command = "python benchmarks/hard_sample_gen.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"## Generator methods: the arms that test the claim (`{command.strip()}`)", "",
+    lines = [f"## Generator methods: the arms that test the claim, {args.dataset} (`{command.strip()}`)", "",
              f"{datetime.date.today().isoformat()}, {machine()}; {args.dataset}, train_fraction {args.fraction:g}, "
              f"seeds {' '.join(map(str, args.seeds))}, the tiny configs (resnet_tiny, SimCLR NT-Xent, AdamW), "
              f"GAN pre-trained {args.gan_epochs} epochs on the same subset "
              f"({statistics.mean(gan_minutes) if gan_minutes else 0:.1f} min a seed).", "", *table(rows, order)]
     print("\n".join(lines))
     if not args.no_write:
-        write_section(RESULTS, BEGIN, END, lines)
+        write_section(RESULTS, *MARKERS[args.dataset], lines)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,18 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
             assert r[4] == "1.00"
 
 
+def test_gpu_epoch_data_only_counts_every_view_of_both_paths(tmp_path):
+    """No model: a row of views/s of both paths and their ratio."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--data-only", "--methods",
+                          "HVS-SimCLR", "--steps", "3", "--warmup", "1", "--workers", "0"], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.stdout.splitlines() if line.startswith("| HVS")]
+    assert len(rows) == 1
+    cpu, device, ratio = (float(c) for c in rows[0][1:])
+    assert cpu > 0 and device > 0 and ratio == pytest.approx(device / cpu, rel=0.01, abs=0.01)
+
+
 def test_gpu_suite_chooses_the_largest_epoch_count_that_fits_and_writes_its_table(tmp_path, monkeypatch):
     """E by hand: two arms of 10 s and 20 s per epoch, 5 s per evaluation every 2 epochs, 200 s left:
     E=5 costs 150 + 2 x 3 x 5 = 180 s, E=6 costs 180 + 2 x 4 x 5 = 220 s. The table lists every
