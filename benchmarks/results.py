@@ -34,12 +34,13 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, StepTimer, cifar10_root, machine  # noqa: E402
+from common import REPO, StepTimer, cifar10_root, machine, write_section  # noqa: E402
 
 METHODS = ["simclr", "mocov2", "simsiam", "byol", "dino", "hvs_simclr", "hvs_mocov2", "hvs_simsiam", "hvs_byol", "hvs_dino",
            "mochi", "hard_sample_gen", "positive_pair", "hardgen_full"]
 LIGHTLY = ["lightly_simclr", "lightly_mocov2"]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- results: begin -->", "<!-- results: end -->"
 
 
 def data_args(root: Path, fraction: float) -> list[str]:
@@ -238,7 +239,7 @@ def write_results(command: str, epochs: int, fraction: float, rows: list[dict], 
                 label = f"hardcl {r['method']}" if r is ours else r["method"]
                 out.append(f"| {label} | {100 * r['knn_init']:.1f} | {100 * r['knn']:.1f} | {100 * r['linear']:.1f} | "
                            f"{r['images_per_s']:.0f} | {ratio} | {r['peak_mb']:.0f} |")
-    RESULTS.write_text("\n".join(out) + "\n")
+    write_section(RESULTS, BEGIN, END, out)  # its own section: the other scripts' tables stay
 
 
 def main() -> None:

@@ -191,3 +191,20 @@ def test_hard_sample_gen_runs_every_arm_and_matches_compute(tmp_path):
     assert int(cells["Acm"][3]) > int(cells["A"][3])  # C's steps are slower: A gets more epochs to match
     assert cells["B"][-1].split(", ")[0] != "-" and cells["A"][-1].startswith("-")  # generated/real loss ratio
     assert not list(tmp_path.iterdir())  # no run files in the cwd
+
+
+def test_results_table_replaces_only_its_own_section(tmp_path, monkeypatch):
+    """results.py once rewrote the whole of RESULTS.md, dropping every other script's table."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import results
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\nanother script's table\n")
+    monkeypatch.setattr(results, "RESULTS", path)
+    row = {"config": "simclr", "method": "SimCLR", "train_images": 5000, "knn_init": 0.27, "knn": 0.39, "linear": 0.43,
+           "images_per_s": 434.0, "peak_mb": 1194.0, "minutes": 0.6}
+    for _ in range(2):
+        results.write_results("python benchmarks/results.py", 3, 0.1, [row], [], [])
+    text = path.read_text()
+    assert "another script's table" in text and text.count("# Results on real CIFAR-10 (small CPU schedule)") == 1
+    assert "| SimCLR |" in text
