@@ -22,13 +22,22 @@ its ratio to A's; for the generator arms the last epoch's generated/real loss ra
 batch size), pixel std across generated samples and the view-pair cosine of generated views
 (collapse shows as both falling). Shapes10 is the embedded dataset; CIFAR-10 is read from
 ``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``) and skipped cleanly when absent.
+
+Each (arm, seed) writes ``benchmarks/hard_sample_gen/<dataset>_f<fraction>_e<epochs>_<arm>_seed<k>.json``
+(kept in the repository) and is skipped when its record exists (``--force`` re-runs it), so a run
+too long for one sitting (CIFAR-10 at ``--fraction 0.2``: about 1.5 h of 2 CPU cores a seed) goes
+on where it stopped, one ``--seeds`` at a time; the table is made from the records of the same
+protocol. The pre-trained GANs are cached in the git-ignored ``benchmarks/out/hard_sample_gen/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +46,19 @@ from pathlib import Path
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, StepTimer, cifar10_root, machine, write_section  # noqa: E402
+from common import CACHE, REPO, StepTimer, cifar10_root, machine, write_section  # noqa: E402
 from results import fit_and_evaluate  # noqa: E402
 
 from hardcl_lightning.cli import build_cli  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MARKERS = {  # each dataset's table has a section of its own
-    "shapes": ("<!-- hard_sample_gen: begin -->", "<!-- hard_sample_gen: end -->"),
-    "cifar10": ("<!-- hard_sample_gen cifar10: begin -->", "<!-- hard_sample_gen cifar10: end -->"),
-}
+RUNS_DIR = Path(__file__).resolve().parent / "hard_sample_gen"
+
+
+def markers(dataset: str, fraction: float) -> tuple[str, str]:
+    """Each (dataset, fraction) table has a RESULTS.md section of its own."""
+    return f"<!-- hard_sample_gen {dataset} {fraction:g}: begin -->", f"<!-- hard_sample_gen {dataset} {fraction:g}: end -->"
+
 
 #: arm -> (tiny config, extra CLI options, uses the pre-trained GAN, what it is)
 FROZEN = ["--model.init_args.train_gan=false", "--model.init_args.lambda_hard=0"]
@@ -94,14 +106,33 @@ def common_args(tmp: str, epochs: int, seed: int) -> list[str]:
 
 
 def pretrain_gan(data: list[str], epochs: int, seed: int, path: Path) -> float:
-    """GAN pre-training on the arms' subset; its checkpoint records that subset. Returns minutes."""
+    """GAN pre-training on the arms' subset; its checkpoint records that subset. Returns minutes.
+
+    Written to a temporary name and renamed, so an interrupted run leaves no half checkpoint."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cli = build_cli(["--config", str(REPO / "configs" / "tiny" / "gan_pretrain.yaml"), *common_args(tmp, epochs, seed),
                          *data], run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
-        cli.trainer.save_checkpoint(str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cli.trainer.save_checkpoint(str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
     return (time.perf_counter() - t0) / 60
+
+
+def run_name(dataset: str, fraction: float, epochs: int, arm: str, seed: int) -> str:
+    return f"{dataset}_f{fraction:g}_e{epochs}_{arm}_seed{seed}"
+
+
+def protocol(args: argparse.Namespace) -> dict:
+    """What must match for records to share a table."""
+    return {"dataset": args.dataset, "fraction": args.fraction, "protocol_epochs": args.epochs, "gan_epochs": args.gan_epochs,
+            "batch_size": args.batch_size, **({"num_train": args.num_train} if args.dataset == "shapes" else {})}
+
+
+def load_runs(runs_dir: Path, want: dict) -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))] if runs_dir.is_dir() else []
+    return [r for r in runs if all(r.get(k) == v for k, v in want.items())]
 
 
 def run_arm(arm: str, data: list[str], epochs: int, seed: int, gan_ckpt: Path | None) -> dict:
@@ -151,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gan-epochs", type=int, default=10, help="epochs of GAN pre-training on the subset")
     ap.add_argument("--batch-size", type=int, default=128, help="every arm's batch (the tiny configs' 128)")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    ap.add_argument("--force", action="store_true", help="re-run (arm, seed) runs that have a record, and the GAN")
+    ap.add_argument("--runs-dir", type=Path, default=None, help="where run records go (default benchmarks/hard_sample_gen/)")
+    ap.add_argument("--gan-cache", type=Path, default=None, help="where pre-trained GANs are kept (default benchmarks/out/hard_sample_gen/)")
     args = ap.parse_args(argv)
     if args.dataset == "cifar10" and cifar10_root() is None:
         print("CIFAR-10 archive absent (data/cifar10-jpg.tar.gz or $HARDCL_CIFAR10_TAR): skipped")
@@ -161,33 +195,54 @@ def main(argv: list[str] | None = None) -> None:
     if "Acm" in arms:  # compute matching needs A's and C's step times first
         arms = [a for a in ("A", "C") if a not in arms] + [a for a in arms if a != "Acm"] + ["Acm"]
     data = data_args(args.dataset, args.num_train, args.fraction, args.batch_size)
-    rows, gan_minutes = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            ckpt = Path(tmp) / f"gan_seed{seed}.ckpt"
-            if any(ARMS[a][2] for a in arms):
-                gan_minutes.append(pretrain_gan(data, args.gan_epochs, seed, ckpt))
-            for arm in arms:
-                epochs, arm_data = args.epochs, data
-                if arm == "A2x":
-                    arm_data = data_args(args.dataset, args.num_train, 2 * args.fraction, args.batch_size)
-                if arm == "Acm":
-                    a, c = ([r for r in rows if r["arm"] == x and r["seed"] == seed][0] for x in ("A", "C"))
-                    epochs = max(args.epochs, round(args.epochs * c["ms_per_batch"] / a["ms_per_batch"]))
-                rows.append(run_arm(arm, arm_data, epochs, seed, ckpt if ARMS[arm][2] else None))
-                r = rows[-1]
-                print(f"{arm} seed {seed}: kNN {100 * r['knn_init']:.1f} -> {100 * r['knn']:.1f} %, linear "
-                      f"{100 * r['linear']:.1f} %, {r['ms_per_batch']:.0f} ms/batch, {r['minutes']:.1f} min", flush=True)
+    runs_dir, want = args.runs_dir or RUNS_DIR, protocol(args)
+    command = ("python benchmarks/hard_sample_gen.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                                                                   if a not in ("--force", "--no-write"))).strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    gan_dir = args.gan_cache or CACHE / "hard_sample_gen"
+    for seed in args.seeds:
+        done = {r["arm"]: r for r in load_runs(runs_dir, want) if r["seed"] == seed}
+        todo = [a for a in arms if args.force or a not in done]
+        ckpt = gan_dir / f"gan_{'_'.join(f'{k}{v}' for k, v in want.items())}_seed{seed}.ckpt"
+        gan_minutes = None
+        if any(ARMS[a][2] for a in todo) and (args.force or not ckpt.is_file()):
+            gan_minutes = pretrain_gan(data, args.gan_epochs, seed, ckpt)
+        for arm in todo:
+            epochs, arm_data = args.epochs, data
+            if arm == "A2x":
+                arm_data = data_args(args.dataset, args.num_train, 2 * args.fraction, args.batch_size)
+            if arm == "Acm":
+                a, c = done["A"], done["C"]
+                epochs = max(args.epochs, round(args.epochs * c["ms_per_batch"] / a["ms_per_batch"]))
+            r = {**run_arm(arm, arm_data, epochs, seed, ckpt if ARMS[arm][2] else None), **want,
+                 "date": datetime.date.today().isoformat(), "machine": machine(), "commit": commit, "command": command}
+            if ARMS[arm][2] and gan_minutes is not None:
+                r["gan_minutes"] = gan_minutes
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            (runs_dir / f"{run_name(args.dataset, args.fraction, args.epochs, arm, seed)}.json").write_text(json.dumps(r, indent=1) + "\n")
+            done[arm] = r
+            print(f"{arm} seed {seed}: kNN {100 * r['knn_init']:.1f} -> {100 * r['knn']:.1f} %, linear "
+                  f"{100 * r['linear']:.1f} %, {r['ms_per_batch']:.0f} ms/batch, {r['minutes']:.1f} min", flush=True)
+    rows = sorted((r for r in load_runs(runs_dir, want) if r["arm"] in arms), key=lambda r: r["seed"])
+    seeds = sorted({r["seed"] for r in rows})
+    gan_minutes = [r["gan_minutes"] for r in rows if "gan_minutes" in r]
+    missing = [run_name(args.dataset, args.fraction, args.epochs, a, s) for s in args.seeds for a in arms
+               if not any(r["arm"] == a and r["seed"] == s for r in rows)]
     order = [a for a in ARMS if a in arms]
-    command = "python benchmarks/hard_sample_gen.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"## Generator methods: the arms that test the claim, {args.dataset} (`{command.strip()}`)", "",
-             f"{datetime.date.today().isoformat()}, {machine()}; {args.dataset}, train_fraction {args.fraction:g}, "
-             f"seeds {' '.join(map(str, args.seeds))}, the tiny configs (resnet_tiny, SimCLR NT-Xent, AdamW), "
-             f"GAN pre-trained {args.gan_epochs} epochs on the same subset "
-             f"({statistics.mean(gan_minutes) if gan_minutes else 0:.1f} min a seed).", "", *table(rows, order)]
+    lines = [f"## Generator methods: the arms that test the claim, {args.dataset}, train_fraction {args.fraction:g} "
+             f"(`{command}`)", "",
+             f"{', '.join(sorted({r['date'] for r in rows}))}, {rows[0]['machine'] if rows else machine()} "
+             f"(commits {', '.join(sorted({r['commit'] for r in rows}))}); {args.dataset}, train_fraction {args.fraction:g}, "
+             f"seeds {' '.join(map(str, seeds))}, the tiny configs (resnet_tiny, SimCLR NT-Xent, AdamW), "
+             f"GAN pre-trained {args.gan_epochs} epochs on the same subset"
+             + (f" ({statistics.mean(gan_minutes):.1f} min a seed)" if gan_minutes else "")
+             + f". Each run's record: `benchmarks/hard_sample_gen/{run_name(args.dataset, args.fraction, args.epochs, '<arm>', 0)[:-1]}<k>.json`.",
+             "", *table(rows, order)]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
     print("\n".join(lines))
     if not args.no_write:
-        write_section(RESULTS, *MARKERS[args.dataset], lines)
+        write_section(RESULTS, *markers(args.dataset, args.fraction), lines)
 
 
 if __name__ == "__main__":

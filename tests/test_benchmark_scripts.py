@@ -176,21 +176,28 @@ def test_hvs_real_diagnostic_rows_are_their_own_and_pair_with_the_base():
 
 def test_hard_sample_gen_runs_every_arm_and_matches_compute(tmp_path):
     """Every arm at a tiny size, one seed: the table has each arm, B/C arms their diagnostics, the
-    pre-trained GAN is accepted by the joint runs (same subset) and Acm gets more epochs than A."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "hard_sample_gen.py"), "--arms", "A", "A2x", "Acm", "B", "C", "C_latent",
-         "C_residual", "D", "E", "--seeds", "0", "--epochs", "1", "--gan-epochs", "1", "--num-train", "400",
-         "--batch-size", "16", "--no-write"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+    pre-trained GAN is accepted by the joint runs (same subset) and Acm gets more epochs than A.
+    A second call finds every record and runs nothing."""
+    cwd, runs, cache = tmp_path / "cwd", tmp_path / "runs", tmp_path / "cache"
+    cwd.mkdir()
+    script = [sys.executable, str(REPO / "benchmarks" / "hard_sample_gen.py"), "--epochs", "1", "--gan-epochs", "1",
+              "--num-train", "400", "--batch-size", "16", "--no-write", "--runs-dir", str(runs), "--gan-cache", str(cache)]
+    out = subprocess.run([*script, "--arms", "A", "A2x", "Acm", "B", "C", "C_latent", "C_residual", "D", "E", "--seeds", "0"],
+                         capture_output=True, text=True, timeout=600, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list(runs.glob("shapes_f0.2_e1_*_seed0.json"))) == 9 and len(list(cache.glob("*.ckpt"))) == 1
+    again = subprocess.run([*script, "--arms", "A", "Acm", "B", "--seeds", "0"], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not re.search(r"^\w+ seed 0: kNN", again.stdout, re.M)  # nothing re-run
+    assert {m.group(1) for m in re.finditer(r"^\| (A|Acm|B) \|", again.stdout, re.M)} == {"A", "Acm", "B"}
+    assert "Not run yet" not in again.stdout
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (A|A2x|Acm|B|C|C_latent|C_residual|D|E) \|.*$", out.stdout, re.M)}
     assert set(rows) == {"A", "A2x", "Acm", "B", "C", "C_latent", "C_residual", "D", "E"}, out.stdout[-2000:]
     cells = {arm: [c.strip() for c in row.strip("|").split("|")] for arm, row in rows.items()}
     assert cells["A"][2] == "80" and cells["A2x"][2] == "160"  # images: the fraction, and twice it
     assert int(cells["Acm"][3]) > int(cells["A"][3])  # C's steps are slower: A gets more epochs to match
     assert cells["B"][-1].split(", ")[0] != "-" and cells["A"][-1].startswith("-")  # generated/real loss ratio
-    assert not list(tmp_path.iterdir())  # no run files in the cwd
+    assert not list(cwd.iterdir())  # no run files in the cwd
 
 
 def test_results_table_replaces_only_its_own_section(tmp_path, monkeypatch):
