@@ -119,10 +119,24 @@ def _completed_epochs(ckpt: dict[str, Any]) -> int:
         return int(ckpt.get("epoch", 0))
 
 
+#: arguments added to a module after runs were saved without them, with the value those runs had
+#: (``GANPretrain`` gained the methods' non-finite policy)
+ADDED_ARGUMENTS: dict[str, Any] = {"on_nonfinite_loss": "raise"}
+
+
 def _same_hparams(saved: dict[str, Any], current: dict[str, Any]) -> bool:
-    # the CLI's "_instantiator" names a function object; "_class_path" (the method) is compared
-    norm = lambda d: {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k != "_instantiator"}  # noqa: E731
-    return norm(saved) == norm(current)
+    # the CLI's "_instantiator" names a function object; "_class_path" (the method) is compared;
+    # a run saved before the GAN options became one ``gan`` argument, or before ADDED_ARGUMENTS, still matches
+    from hardcl_lightning.gan import fold_legacy_gan_hparams  # here: gan -> data -> this module
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: norm(v) for k, v in value.items() if k != "_instantiator"}
+        return [norm(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    def complete(hp: dict[str, Any]) -> Any:
+        return norm({**ADDED_ARGUMENTS, **fold_legacy_gan_hparams(hp)})
+    return complete(saved) == complete(current)
 
 
 def find_resumable_checkpoint(roots: list[str | Path], hparams: dict[str, Any], max_epochs: int | None,

@@ -12,7 +12,8 @@ differentiable augmentations take); the discriminator maps [0, 1] to [-1, 1] its
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, diffaugment
+from hardcl_lightning.optim import SCHEDULES
 
 #: image side -> (start side, upsampling blocks)
 GAN_RESOLUTIONS = {32: (4, 3), 64: (4, 4), 96: (6, 4)}
@@ -157,3 +159,103 @@ class GAN(nn.Module):
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
         """Adversarial (realism) loss of G on its samples."""
         return generator_hinge_loss(self.score(fake))
+
+
+@dataclasses.dataclass(frozen=True)
+class GANOptions:
+    """The GAN's architecture and training options: one argument (``gan:``) of GAN pre-training and
+    of every generator method, so that a pre-training run and the joint run it initialises are
+    configured by the same block (the joint run's architecture must equal its checkpoint's).
+
+    Args:
+        latent_dim: the generator's latent size.
+        g_channels: the generator's width (DCGAN-style, transposed convolutions).
+        d_channels: the discriminator's width (SNGAN-style, spectral norm).
+        diffaugment_policy: DiffAugment ops (``color``, ``translation``, ``cutout``) on real and fake
+            images before D (Zhao et al. 2020); empty: none.
+        g_lr: Adam LR of the generator (SNGAN's 2e-4).
+        d_lr: Adam LR of the discriminator (SNGAN's 2e-4).
+        betas: Adam betas of G and D (SNGAN's (0, 0.9)).
+        lr_schedule: ``constant``, ``linear`` or ``cosine`` decay of both LRs to 0 over training.
+        pixel_mean: normalisation mean of the datamodule's images, undone before D and G's views
+            (None: the datamodule's own).
+        pixel_std: normalisation std of the datamodule's images (None: the datamodule's own).
+    """
+
+    latent_dim: int = 128
+    g_channels: int = 64
+    d_channels: int = 64
+    diffaugment_policy: tuple[str, ...] = DIFFAUGMENT_OPS
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    lr_schedule: str = "constant"
+    pixel_mean: tuple[float, float, float] | None = None
+    pixel_std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("latent_dim", "g_channels", "d_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gan.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("g_lr", "d_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"gan.{name} must be > 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"gan.betas must be two values in [0, 1), got {tuple(self.betas)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown gan.lr_schedule {self.lr_schedule!r}; choose one of {list(SCHEDULES)}")
+        if (self.pixel_mean is None) != (self.pixel_std is None):
+            raise ValueError("give both gan.pixel_mean and gan.pixel_std, or neither (then the datamodule's are used)")
+        for name in ("pixel_mean", "pixel_std"):
+            v = getattr(self, name)
+            if v is not None and len(v) != 3:
+                raise ValueError(f"gan.{name} must have 3 values (one per RGB channel), got {tuple(v)}")
+        diffaugment(torch.zeros(1, 3, 8, 8), tuple(self.diffaugment_policy))  # names checked now, not mid-run
+        for name in ("diffaugment_policy", "betas", "pixel_mean", "pixel_std"):  # YAML lists -> tuples
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def build(self, image_size: int) -> GAN:
+        return GAN(self.latent_dim, image_size, self.g_channels, self.d_channels, self.diffaugment_policy)
+
+    def hparams(self) -> dict[str, Any]:
+        """Plain values, for a checkpoint's hyperparameters (read back with ``weights_only`` loads)."""
+        return dataclasses.asdict(self)
+
+
+#: the GAN options' flat argument names before they became one ``gan`` argument -> their field
+LEGACY_GAN_ARGUMENTS = {"latent_dim": "latent_dim", "g_channels": "g_channels", "d_channels": "d_channels",
+                        "diffaugment_policy": "diffaugment_policy", "g_lr": "g_lr", "d_lr": "d_lr",
+                        "gan_betas": "betas", "gan_lr_schedule": "lr_schedule", "pixel_mean": "pixel_mean",
+                        "pixel_std": "pixel_std"}
+
+
+def gan_options(gan: GANOptions | Mapping[str, Any] | None, legacy: Mapping[str, Any] | None = None) -> GANOptions:
+    """``gan`` as ``GANOptions`` (a mapping: a checkpoint's hyperparameters), with ``legacy`` flat
+    arguments (``latent_dim=``, ``gan_betas=`` ...: checkpoints written before the options were
+    grouped) folded in; both at once is an error, naming them."""
+    given = sorted(legacy or {})
+    legacy = {LEGACY_GAN_ARGUMENTS[k]: v for k, v in (legacy or {}).items()}
+    if gan is None:
+        gan = GANOptions()
+    if isinstance(gan, Mapping):
+        unknown = sorted(set(gan) - {f.name for f in dataclasses.fields(GANOptions)})
+        if unknown:
+            raise ValueError(f"unknown gan option(s) {unknown}; accepted: {[f.name for f in dataclasses.fields(GANOptions)]}")
+        gan = GANOptions(**gan)
+    if not isinstance(gan, GANOptions):
+        raise TypeError(f"gan must be GANOptions or a mapping of its fields, got {type(gan).__name__}")
+    merged = GANOptions(**{**gan.hparams(), **legacy}) if legacy else gan
+    if gan != GANOptions() and merged != gan:
+        raise ValueError(f"give the GAN options once: as gan=GANOptions(...) or as the flat arguments {given}, not both")
+    return merged
+
+
+def fold_legacy_gan_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyperparameters with the old flat GAN arguments as one ``gan`` mapping (what
+    a run of today records), so that ``--resume auto`` still finds a run saved before the change."""
+    flat = {k: v for k, v in hparams.items() if k in LEGACY_GAN_ARGUMENTS}
+    if not flat or "gan" in hparams:
+        return dict(hparams)
+    rest = {k: v for k, v in hparams.items() if k not in LEGACY_GAN_ARGUMENTS}
+    return {**rest, "gan": gan_options(None, flat).hparams()}

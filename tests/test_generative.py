@@ -9,16 +9,17 @@ import lightning as L
 import pytest
 import torch
 
+from hardcl_lightning.gan import GANOptions
 from hardcl_lightning.callbacks import GeneratedImageGrid
 from hardcl_lightning.data import ShapesDataModule
 from hardcl_lightning.methods import GANPretrain, HardSampleCL, HardSampleMoCoV2, SimCLR
 from hardcl_lightning.batchnorm import frozen_batchnorm_stats
-from hardcl_lightning.methods.generative import load_gan_state
+from hardcl_lightning.methods.gan_training import load_gan_state
 from hardcl_lightning.optim import ramp
 
 TINY = dict(backbone="resnet_tiny", cifar_stem=True, backbone_kwargs={"widths": (8, 16, 16, 16)}, proj_hidden_dim=32,
             proj_output_dim=16, batch_size=16, optimizer="adamw", lr=1e-3, warmup_epochs=0.0)
-GAN_TINY = dict(latent_dim=16, g_channels=8, d_channels=8)
+GAN_TINY = dict(gan=GANOptions(latent_dim=16, g_channels=8, d_channels=8))
 
 
 def datamodule(num_views=2, num_train=64, **kw):
@@ -240,7 +241,7 @@ def test_gan_pretraining_checkpoint_initialises_the_joint_method(tmp_path):
     load_gan_state(joint.gan, path)  # what on_fit_start does on a fresh fit
     for a, b in zip(joint.gan.state_dict().values(), gan.gan.state_dict().values()):
         assert torch.equal(a, b)
-    mismatched = HardSampleCL(**TINY, latent_dim=32, g_channels=8, d_channels=8)
+    mismatched = HardSampleCL(**TINY, gan=GANOptions(latent_dim=32, g_channels=8, d_channels=8))
     with pytest.raises(ValueError, match="does not match this GAN"):
         load_gan_state(mismatched.gan, path)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
@@ -521,3 +522,75 @@ def test_losses_on_generated_samples_gather_nothing_and_flip_no_flag(monkeypatch
     calls.clear()
     model.training_loss(model.embed([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]))
     assert calls == [True]
+
+
+@pytest.mark.parametrize("cls_name", ["HardSampleCL", "PositivePairCL"])
+def test_gan_options_are_one_argument_and_checkpoints_saved_before_still_load(tmp_path, cls_name):
+    """The GAN's options are one ``gan`` argument, recorded as plain values (evaluation reads
+    checkpoints with ``weights_only``); a checkpoint of the flat arguments they once were loads
+    with the same GAN, and ``--resume auto`` still finds such a run."""
+    import hardcl_lightning.methods as methods
+    from hardcl_lightning.checkpointing import find_resumable_checkpoint
+
+    cls = getattr(methods, cls_name)
+    options = GANOptions(latent_dim=16, g_channels=8, d_channels=8, betas=(0.5, 0.99), lr_schedule="linear")
+    model = cls(**TINY, gan=options)
+    hp = dict(model.hparams)
+    assert hp["gan"] == {"latent_dim": 16, "g_channels": 8, "d_channels": 8, "diffaugment_policy": ("color", "translation", "cutout"),
+                         "g_lr": 2e-4, "d_lr": 2e-4, "betas": (0.5, 0.99), "lr_schedule": "linear", "pixel_mean": None,
+                         "pixel_std": None}
+    assert dict(model.hparams_initial)["gan"] == hp["gan"]  # what loggers write: plain values too
+    torch.save({"hyper_parameters": hp}, tmp_path / "hp.pt")
+    assert torch.load(tmp_path / "hp.pt", weights_only=True)["hyper_parameters"]["gan"]["latent_dim"] == 16
+    # the layout of a checkpoint written before: latent_dim=..., gan_betas=..., gan_lr_schedule=... beside the rest
+    old_hp = {k: v for k, v in hp.items() if k != "gan"} | {"latent_dim": 16, "g_channels": 8, "d_channels": 8,
+                                                            "gan_betas": (0.5, 0.99), "gan_lr_schedule": "linear"}
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": old_hp, "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": L.__version__}, run / "last.ckpt")
+    loaded = cls.load_from_checkpoint(run / "last.ckpt", map_location="cpu")
+    assert loaded.gan_options == options and loaded.gan.latent_dim == 16
+    assert dict(loaded.hparams)["gan"] == hp["gan"] and not set(loaded.hparams) & {"latent_dim", "gan_betas"}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.gan.state_dict().values(), model.gan.state_dict().values()))
+    assert find_resumable_checkpoint([tmp_path], hp, max_epochs=3)[0] == (run / "last.ckpt").resolve()
+    other = cls(**TINY, gan=GANOptions(latent_dim=32, g_channels=8, d_channels=8))
+    assert find_resumable_checkpoint([tmp_path], dict(other.hparams), max_epochs=3) is None
+    # a flat argument that agrees with ``gan`` is no conflict, and keeps gan's other options
+    assert cls(**TINY, gan=options, latent_dim=16).gan_options == options
+
+
+def test_bad_gan_options_name_the_value():
+    with pytest.raises(ValueError, match="unknown gan.lr_schedule 'exp'; choose one of"):
+        GANOptions(lr_schedule="exp")
+    with pytest.raises(ValueError, match=r"gan.betas must be two values in \[0, 1\), got \(1.0, 0.9\)"):
+        GANOptions(betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="gan.g_lr must be > 0, got 0"):
+        GANOptions(g_lr=0)
+    with pytest.raises(ValueError, match="both gan.pixel_mean and gan.pixel_std"):
+        GANOptions(pixel_mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match=r"unknown DiffAugment ops \[.translate.\]"):
+        GANOptions(diffaugment_policy=("translate",))
+    with pytest.raises(ValueError, match=r"unknown gan option\(s\) \['latent'\]; accepted: \['latent_dim'"):
+        HardSampleCL(**TINY, gan={"latent": 16})
+    with pytest.raises(ValueError, match=r"give the GAN options once.*\['latent_dim'\]"):
+        HardSampleCL(**TINY, gan=GANOptions(latent_dim=16, g_channels=8, d_channels=8), latent_dim=32)
+
+
+def test_a_gan_pretraining_run_saved_before_its_options_were_grouped_still_resumes(tmp_path):
+    """A ``GANPretrain`` run saved with the flat GAN arguments and without ``on_nonfinite_loss``
+    (added later, with the methods' non-finite guard) is still found by ``--resume auto``, unless
+    the run asked now differs (another policy, another architecture)."""
+    from hardcl_lightning.checkpointing import find_resumable_checkpoint
+
+    hp = dict(GANPretrain(batch_size=16, **GAN_TINY).hparams)
+    old_hp = {k: v for k, v in hp.items() if k not in ("gan", "on_nonfinite_loss")} | {
+        "latent_dim": 16, "g_channels": 8, "d_channels": 8, "gan_betas": (0.0, 0.9)}
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    torch.save({"hyper_parameters": old_hp, "epoch": 0, "global_step": 2}, run / "last.ckpt")
+    assert find_resumable_checkpoint([tmp_path], hp, max_epochs=2)[0] == (run / "last.ckpt").resolve()
+    skip = dict(GANPretrain(batch_size=16, on_nonfinite_loss="skip", **GAN_TINY).hparams)
+    wider = dict(GANPretrain(batch_size=16, gan=GANOptions(latent_dim=16, g_channels=16, d_channels=8)).hparams)
+    assert find_resumable_checkpoint([tmp_path], skip, max_epochs=2) is None
+    assert find_resumable_checkpoint([tmp_path], wider, max_epochs=2) is None

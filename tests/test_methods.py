@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hardcl_lightning.gan import GANOptions
 from hardcl_lightning.data import ShapesDataModule
 from hardcl_lightning.methods import BYOL, DINO, MoCoV2, SimCLR, SimSiam
 from hardcl_lightning.optim import cosine_schedule
@@ -96,7 +97,7 @@ def test_ema_momentum_follows_cosine_once_per_optimizer_step(tmp_path, method, a
     import hardcl_lightning.methods as methods
 
     cls = getattr(methods, method)
-    extra = dict(SMALL_HEADS[BYOL], queue_size=64, batch_size=8, latent_dim=16, g_channels=8, d_channels=8) if cls is not BYOL else {}
+    extra = dict(SMALL_HEADS[BYOL], queue_size=64, batch_size=8, gan=GANOptions(latent_dim=16, g_channels=8, d_channels=8)) if cls is not BYOL else {}
     torch.manual_seed(0)
     m = cls(**TINY, **(SMALL_HEADS[BYOL] if cls is BYOL else extra), optimizer="sgd", lr=0.01, ema_momentum=0.99,
             ema_momentum_end=1.0)
@@ -197,28 +198,64 @@ def test_dino_on_vit_with_local_crops():
     assert torch.isfinite(loss) and m.backbone.vit.encoder.pos_embedding.grad is not None
 
 
-def test_nonfinite_loss_raises_naming_step_and_terms_or_skips(tmp_path):
-    class NaNAtStep2(L.Callback):
+GAN_SMALL = GANOptions(latent_dim=16, g_channels=8, d_channels=8)
+
+
+@pytest.mark.parametrize("method,poisoned,error", [
+    pytest.param("SimCLR", "views", r"non-finite training loss nan at global step 2 .*view0/feats", id="SimCLR-views"),
+    pytest.param("HardSampleCL", "views", r"non-finite training loss nan at global step 6 .*view0/feats", id="HardSampleCL-views"),
+    pytest.param("HardSampleCL", "generator_loss", r"non-finite generator loss nan at global step 7 .*Lower gan.g_lr / gan.d_lr", id="HardSampleCL-generator_loss"),
+    pytest.param("HardSampleCL", "discriminator_loss", r"non-finite discriminator loss nan at global step 8 ", id="HardSampleCL-discriminator_loss"),
+    pytest.param("GANPretrain", "generator_loss", r"non-finite generator loss nan at global step 4 ", id="GANPretrain-generator_loss"),
+    pytest.param("GANPretrain", "discriminator_loss", r"non-finite discriminator loss nan at global step 5 ", id="GANPretrain-discriminator_loss"),
+])
+def test_nonfinite_loss_raises_naming_step_and_terms_or_skips(tmp_path, monkeypatch, method, poisoned, error):
+    """At the third batch one loss is NaN (an image of view 0, or the GAN's generator or
+    discriminator loss): ``raise`` stops before that update, ``skip`` drops it alone. Every
+    optimiser of the generator methods goes through the one guard (Lightning's global step counts
+    each of their optimisers' steps)."""
+    import hardcl_lightning.methods as methods
+
+    cls = getattr(methods, method)
+    kwargs = dict(on_nonfinite_loss=None)
+    if cls is not methods.GANPretrain:
+        kwargs.update(TINY, **SMALL_HEADS[SimCLR], optimizer="sgd", lr=0.01)
+    if cls is not SimCLR:
+        kwargs.update(gan=GAN_SMALL, batch_size=8)
+
+    class PoisonThirdBatch(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 2:
+            pl_module.poisoned = batch_idx == 2
+            if poisoned == "views" and batch_idx == 2:
                 batch["views"][0][0] = float("nan")  # one image of view 0
 
     def fit(policy):
-        m = make(SimCLR, optimizer="sgd", lr=0.01, on_nonfinite_loss=policy)
-        dm = ShapesDataModule(num_train=64, num_val=12, batch_size=8, num_workers=0, image_size=16)
-        trainer = L.Trainer(max_epochs=1, limit_train_batches=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, limit_val_batches=0, callbacks=[NaNAtStep2()], enable_model_summary=False)
-        before = [p.detach().clone() for p in m.parameters()]
-        return m, trainer, dm, before
+        torch.manual_seed(0)
+        m = cls(**(kwargs | {"on_nonfinite_loss": policy}))
+        m.poisoned = False
+        if poisoned != "views":
+            loss_fn = getattr(m.gan, poisoned)
 
-    m, trainer, dm, _ = fit("raise")
-    with pytest.raises(FloatingPointError, match=r"global step 2 .*view0/feats"):
+            def poison(*args):  # the loss (a discriminator's comes first, with its logits) times NaN
+                out = loss_fn(*args)
+                scale = float("nan") if m.poisoned else 1.0
+                return (out[0] * scale, *out[1:]) if isinstance(out, tuple) else out * scale
+            monkeypatch.setattr(m.gan, poisoned, poison)
+        dm = ShapesDataModule(num_train=64, num_val=12, batch_size=8, num_workers=0, image_size=32 if cls is not SimCLR else 16,
+                              num_views=1 if cls is methods.GANPretrain else 2)
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, limit_val_batches=0, callbacks=[PoisonThirdBatch()],
+                            enable_model_summary=False)
+        return m, trainer, dm
+
+    m, trainer, dm = fit("raise")
+    with pytest.raises(FloatingPointError, match=error):
         trainer.fit(m, dm)
     assert all(torch.isfinite(p).all() for p in m.parameters())  # raised before the update
 
-    m, trainer, dm, _ = fit("skip")
+    m, trainer, dm = fit("skip")
     trainer.fit(m, dm)
-    assert m.skipped_nonfinite_steps == 1  # the NaN batch contributed no gradient; training went on
+    assert m.skipped_nonfinite_steps == 1  # that update alone was dropped; training went on
     assert all(torch.isfinite(p).all() for p in m.parameters())
-    with pytest.raises(ValueError, match="'ignore'"):
-        make(SimCLR, on_nonfinite_loss="ignore")
+    with pytest.raises(ValueError, match=r"on_nonfinite_loss must be one of \['raise', 'skip'\], got 'ignore'"):
+        cls(**(kwargs | {"on_nonfinite_loss": "ignore"}))

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 
+from hardcl_lightning.gan import GANOptions
 from hardcl_lightning.data import ShapesDataModule
 from hardcl_lightning.losses import dino_cross_entropy, info_nce, multi_positive_nt_xent, nt_xent
 from hardcl_lightning.methods import DINO, HardSampleCL, MoCoV2, SimCLR
@@ -12,7 +13,7 @@ TINY = dict(backbone="resnet_tiny", cifar_stem=True, backbone_kwargs={"widths": 
             optimizer="adamw", lr=1e-3, warmup_epochs=0.0)
 HEADS = {SimCLR: dict(proj_hidden_dim=32, proj_output_dim=16), MoCoV2: dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=64),
          DINO: dict(proj_hidden_dim=32, bottleneck_dim=16, num_prototypes=64),
-         HardSampleCL: dict(proj_hidden_dim=32, proj_output_dim=16, latent_dim=16, g_channels=8, d_channels=8)}
+         HardSampleCL: dict(proj_hidden_dim=32, proj_output_dim=16, gan=GANOptions(latent_dim=16, g_channels=8, d_channels=8))}
 
 
 def fit(model, precision="32-true", batches=2):

@@ -5,6 +5,7 @@ import lightning as L
 import pytest
 import torch
 
+from hardcl_lightning.gan import GANOptions
 from hardcl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
 from hardcl_lightning.data import ShapesDataModule
 from hardcl_lightning.methods import DINO, HardSampleCL, MoCHi, SimCLR
@@ -15,7 +16,7 @@ CASES = {
     "SimCLR": (SimCLR, dict(proj_hidden_dim=32, proj_output_dim=16)),
     "MoCHi": (MoCHi, dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=64, mixing=(16, 8, 4), mix_start_epoch=0)),
     "DINO": (DINO, dict(proj_hidden_dim=32, bottleneck_dim=16, num_prototypes=64)),
-    "HardSampleCL": (HardSampleCL, dict(proj_hidden_dim=32, proj_output_dim=16, latent_dim=16, g_channels=8, d_channels=8)),
+    "HardSampleCL": (HardSampleCL, dict(proj_hidden_dim=32, proj_output_dim=16, gan=GANOptions(latent_dim=16, g_channels=8, d_channels=8))),
 }
 
 

@@ -3,8 +3,8 @@
 from hardcl_lightning.methods.base import BaseMethod, MomentumMethod
 from hardcl_lightning.methods.byol import BYOL
 from hardcl_lightning.methods.dino import DINO
+from hardcl_lightning.methods.gan_training import GANPretrain
 from hardcl_lightning.methods.generative import (
-    GANPretrain,
     HardSampleCL,
     HardSampleMixin,
     HardSampleMoCoV2,

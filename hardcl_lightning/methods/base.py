@@ -48,7 +48,42 @@ def sync_lambda_schedules(trainer: L.Trainer) -> None:
             sched._last_lr = lrs
 
 
-class BaseMethod(ResumableState, L.LightningModule):
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteLossGuard:
+    """The one check that a loss is finite before its backward pass and optimiser step, so that a
+    NaN never reaches the weights or a checkpoint. ``raise`` stops with an error naming the loss,
+    the step and the non-finite embeddings; ``skip`` drops that update, counts it
+    (``skipped_nonfinite_steps``, logged as ``train/skipped_nonfinite_steps``) and goes on. Every
+    optimiser of a module (the contrastive model's, a GAN's generator and discriminator) goes
+    through it, under the module's one ``on_nonfinite_loss`` policy."""
+
+    def init_nonfinite_guard(self, on_nonfinite_loss: str) -> None:
+        if on_nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite_loss must be one of {list(NONFINITE_POLICIES)}, got {on_nonfinite_loss!r}")
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_nonfinite_steps = 0
+
+    def nonfinite(self, loss: torch.Tensor, outs: Sequence[ViewOutputs] = (), name: str = "training loss",
+                  remedy: str = "Lower the LR, check the data") -> bool:
+        """True when this update must be skipped; raises for ``on_nonfinite_loss="raise"``.
+        ``outs``: the embeddings the loss came from (the error names the non-finite ones)."""
+        if torch.isfinite(loss).all():
+            return False
+        if self.on_nonfinite_loss == "skip":
+            self.skipped_nonfinite_steps += 1
+            self.log("train/skipped_nonfinite_steps", float(self.skipped_nonfinite_steps))  # type: ignore[attr-defined]
+            return True
+        step = self.trainer.global_step if self._trainer is not None else 0  # type: ignore[attr-defined]
+        where = f"non-finite {name} {loss.item()} at global step {step} (epoch {self.current_epoch})"  # type: ignore[attr-defined]
+        if outs:
+            bad = [f"view{i}/{k}" for i, o in enumerate(outs) for k, t in sorted(o.items()) if not torch.isfinite(t).all()]
+            where += f"; non-finite terms: {', '.join(bad or ['none of the embeddings (the loss itself)'])}"
+        raise FloatingPointError(f"{where}. {remedy}, or set model.on_nonfinite_loss: skip to drop such steps")
+
+
+class BaseMethod(NonFiniteLossGuard, ResumableState, L.LightningModule):
     """Base SSL method.
 
     Args:
@@ -108,10 +143,7 @@ class BaseMethod(ResumableState, L.LightningModule):
         if view_forward not in VIEW_FORWARDS:
             raise ValueError(f"view_forward must be one of {list(VIEW_FORWARDS)}, got {view_forward!r}")
         self.view_forward = view_forward
-        if on_nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}")
-        self.on_nonfinite_loss = on_nonfinite_loss
-        self.skipped_nonfinite_steps = 0
+        self.init_nonfinite_guard(on_nonfinite_loss)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
         if num_views < 2:
@@ -238,26 +270,6 @@ class BaseMethod(ResumableState, L.LightningModule):
         self.after_training_loss(outs)
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return self.step_output(loss, outs, batch)
-
-    def nonfinite(self, loss: torch.Tensor, outs: Sequence[ViewOutputs]) -> bool:
-        """True when this step must be skipped; raises for ``on_nonfinite_loss="raise"``.
-
-        Checked before the backward pass and the optimiser step, so a NaN never reaches the weights.
-        """
-        if torch.isfinite(loss).all():
-            return False
-        if self.on_nonfinite_loss == "skip":
-            self.skipped_nonfinite_steps += 1
-            self.log("train/skipped_nonfinite_steps", float(self.skipped_nonfinite_steps))
-            return True
-        step = self.trainer.global_step if self._trainer is not None else 0
-        bad = [f"view{i}/{k}" for i, o in enumerate(outs) for k, t in sorted(o.items()) if not torch.isfinite(t).all()]
-        bad = bad or ["none of the embeddings (the loss itself)"]
-        raise FloatingPointError(
-            f"non-finite training loss {loss.item()} at global step {step} (epoch {self.current_epoch}); "
-            f"non-finite terms: {', '.join(bad)}. Lower the LR, check the data, or set "
-            "model.on_nonfinite_loss: skip to drop such steps"
-        )
 
     def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
         """Hook for state updates that follow the loss (e.g. MoCo's enqueue)."""

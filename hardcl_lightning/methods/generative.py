@@ -38,237 +38,37 @@ mean scores), ``gan/d_loss``, ``gan/g_adv``.
 
 Step counts: under manual optimisation Lightning's ``global_step`` counts every optimiser's
 steps (three per batch here); schedules in this module count batches.
+
+The GAN's training mechanics (its optimisers, D's steps, loading a pre-trained GAN, GAN
+pre-training) live in ``gan_training``; the positive-pair objective in ``positive_pairs``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-import warnings
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hardcl_lightning.checkpointing import ResumableState
-from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, DifferentiableViewAugmentation
-from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
-from hardcl_lightning.gan import GAN
+from hardcl_lightning.data.differentiable import DifferentiableViewAugmentation
+from hardcl_lightning.data.transforms import ViewSpec
+from hardcl_lightning.gan import LEGACY_GAN_ARGUMENTS, GANOptions, gan_options
 from hardcl_lightning.batchnorm import frozen_batchnorm_stats, no_running_stat_updates
-from hardcl_lightning.methods.base import BaseMethod, ViewOutputs, sync_lambda_schedules
+from hardcl_lightning.methods.base import BaseMethod, ViewOutputs
+from hardcl_lightning.methods.gan_training import AdversarialTraining, GANPretrain, load_gan_state
 from hardcl_lightning.methods.mocov2 import MoCoV2
 from hardcl_lightning.methods.simclr import SimCLR
 from hardcl_lightning.optim import SCHEDULES, ramp
 
+__all__ = ["GANPretrain", "HARDNESS_MODES", "HardSampleCL", "HardSampleMixin", "HardSampleMoCoV2", "load_gan_state",
+           "with_hard_samples"]  # GANPretrain and load_gan_state live in gan_training (named here as before)
+
 #: how ``HardSampleMixin`` makes a sample hard (its docstring says what each does)
 HARDNESS_MODES = ("generator", "latent", "residual")
-
-
-def load_gan_state(gan: GAN, path: str, train_subset: dict[str, Any] | None = None) -> None:
-    """Load G and D from a Lightning checkpoint of any module that holds a ``gan`` (``GANPretrain``
-    or a joint method); a clear error when the file or the architecture does not match, or when
-    the GAN was trained on other images than ``train_subset`` (this run's ``SSLDataModule.train_subset``):
-    a GAN pre-trained on the full set would leak the rest of it into a data-efficiency run."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"generator_checkpoint={path!r} does not exist; give a GANPretrain checkpoint (.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved = ckpt.get("train_subset")
-    if train_subset is not None and saved is None:
-        warnings.warn(f"generator_checkpoint={path!r} does not say which images its GAN was trained on (an older "
-                      "checkpoint): it cannot be checked against this run's training subset")
-    elif train_subset is not None and saved["digest"] != train_subset["digest"]:
-        raise ValueError(
-            f"generator_checkpoint={path!r} was trained on {saved['description']}, but this run trains on "
-            f"{train_subset['description']}: its GAN has seen other images than this run may use. Pre-train the GAN "
-            "with the same data settings (train_fraction, seed, dataset) as this run"
-        )
-    state = {k[len("gan."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("gan.")}
-    if not state:
-        raise ValueError(f"generator_checkpoint={path!r} holds no 'gan.*' weights; give a GANPretrain or joint-method checkpoint")
-    try:
-        gan.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(
-            f"generator_checkpoint={path!r} does not match this GAN (latent_dim, image_size, g_channels, d_channels "
-            f"must equal the pre-training run's): {e}"
-        ) from e
-
-
-class AdversarialTraining:
-    """What GAN pre-training and the joint methods share: the ``GAN``, its two optimisers and
-    schedules, pixel-range conversion of the datamodule's normalised images, the D step."""
-
-    gan: GAN
-    #: training batches must carry the un-augmented ``"image"`` (D trains on it); hardcl_lightning's
-    #: datamodules read this from the model they train
-    needs_real_images = True
-
-    def init_adversarial(
-        self,
-        image_size: int,
-        latent_dim: int,
-        g_channels: int,
-        d_channels: int,
-        diffaugment_policy: Sequence[str],
-        g_lr: float,
-        d_lr: float,
-        gan_betas: tuple[float, float],
-        gan_lr_schedule: str,
-        pixel_mean: tuple[float, float, float] | None,
-        pixel_std: tuple[float, float, float] | None,
-    ) -> None:
-        for name, v in (("g_lr", g_lr), ("d_lr", d_lr)):
-            if v <= 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
-        if not all(0 <= b < 1 for b in gan_betas) or len(gan_betas) != 2:
-            raise ValueError(f"gan_betas must be two values in [0, 1), got {tuple(gan_betas)}")
-        if gan_lr_schedule not in SCHEDULES:
-            raise ValueError(f"unknown gan_lr_schedule {gan_lr_schedule!r}; choose one of {list(SCHEDULES)}")
-        if (pixel_mean is None) != (pixel_std is None):
-            raise ValueError("give both pixel_mean and pixel_std, or neither (then the datamodule's are used)")
-        self.gan = GAN(latent_dim, image_size, g_channels, d_channels, diffaugment_policy)
-        self.g_lr, self.d_lr, self.gan_betas, self.gan_lr_schedule = g_lr, d_lr, tuple(gan_betas), gan_lr_schedule
-        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record which images the GAN was trained on (``load_gan_state`` checks it)."""
-        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None  # type: ignore[attr-defined]
-        if dm is not None and hasattr(dm, "train_subset"):
-            checkpoint["train_subset"] = dm.train_subset()
-
-    def resolve_pixel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalisation of the datamodule's images (to undo it: D and G work in [0, 1])."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None  # type: ignore[attr-defined]
-        mean = self.pixel_mean or getattr(dm, "mean", None) or IMAGENET_MEAN
-        std = self.pixel_std or getattr(dm, "std", None) or IMAGENET_STD
-        return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-
-    def real_pixels(self, batch: dict[str, Any]) -> torch.Tensor:
-        if "image" not in batch:
-            raise ValueError(
-                f"{type(self).__name__} trains a discriminator on real images, but the training batch has no 'image'; "
-                "use a hardcl_lightning datamodule (it adds one automatically) or set data.init_args.with_image: true"
-            )
-        x = batch["image"]
-        mean, std = self.resolve_pixel_stats()
-        return (x * std.to(x) + mean.to(x)).clamp(0, 1)
-
-    def generator_parameters(self) -> list[nn.Parameter]:
-        """What the generator optimiser trains (methods with a second generator add it)."""
-        return list(self.gan.generator.parameters())
-
-    def gan_optimizers(self, total_steps: int) -> tuple[list[torch.optim.Optimizer], list[dict]]:
-        opt_g = torch.optim.Adam(self.generator_parameters(), lr=self.g_lr, betas=self.gan_betas)
-        opt_d = torch.optim.Adam(self.gan.discriminator.parameters(), lr=self.d_lr, betas=self.gan_betas)
-        kind = self.gan_lr_schedule
-        factor = lambda step: ramp(step / max(1, total_steps), 1.0, 0.0 if kind != "constant" else 1.0, kind)  # noqa: E731
-        scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(o, factor), "interval": "step"} for o in (opt_g, opt_d)]
-        return [opt_g, opt_d], scheds
-
-    def check_finite(self, name: str, value: torch.Tensor) -> bool:
-        """True when the step may go on; raises (or counts a skip) like the main loss's guard."""
-        if torch.isfinite(value).all():
-            return True
-        if getattr(self, "on_nonfinite_loss", "raise") == "skip":
-            return False
-        step = self.trainer.global_step if self._trainer is not None else 0  # type: ignore[attr-defined]
-        raise FloatingPointError(
-            f"non-finite {name} {value.item()} at global step {step}; lower g_lr/d_lr or set model.on_nonfinite_loss: skip"
-        )
-
-    def discriminator_steps(self, real: torch.Tensor, fake: torch.Tensor, opt_d, sched_d, steps: int = 1) -> None:
-        """``steps`` hinge-loss steps of D on ``real`` vs ``fake`` (then vs fresh samples); its LR
-        schedule advances once per batch, whatever ``steps`` is."""
-        self.toggle_optimizer(opt_d)  # type: ignore[attr-defined]
-        for i in range(steps):
-            if i > 0:
-                with torch.no_grad():
-                    fake = self.gan.sample(fake.shape[0])
-            d_loss, d_real, d_fake = self.gan.discriminator_loss(real, fake.detach())
-            if self.check_finite("discriminator loss", d_loss):
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss)  # type: ignore[attr-defined]
-                opt_d.step()
-        sched_d.step()
-        self.untoggle_optimizer(opt_d)  # type: ignore[attr-defined]
-        self.log_dict({"gan/d_loss": d_loss.detach(), "gan/d_real": d_real, "gan/d_fake": d_fake},  # type: ignore[attr-defined]
-                      on_step=True, on_epoch=True)
-
-
-class GANPretrain(ResumableState, AdversarialTraining, L.LightningModule):
-    """GAN pre-training on the unlabeled training images (hinge loss, DiffAugment on real and fake).
-
-    Its checkpoint initialises the joint methods (``generator_checkpoint``). Logged: ``gan/d_loss``,
-    ``gan/g_adv``, ``gan/d_real``, ``gan/d_fake``.
-
-    Args:
-        image_size: generated image side, 32, 64 or 96 (linked from the datamodule).
-        latent_dim: the generator's latent size.
-        g_channels: the generator's width (DCGAN-style, transposed convolutions).
-        d_channels: the discriminator's width (SNGAN-style, spectral norm).
-        diffaugment_policy: DiffAugment ops (``color``, ``translation``, ``cutout``) before D.
-        g_lr: Adam LR of the generator (SNGAN's 2e-4).
-        d_lr: Adam LR of the discriminator (SNGAN's 2e-4).
-        gan_betas: Adam betas of G and D (SNGAN's (0, 0.9)).
-        gan_lr_schedule: ``constant``, ``linear`` or ``cosine`` decay to 0 over training.
-        pixel_mean: normalisation mean of the datamodule's images (None: the datamodule's).
-        pixel_std: normalisation std of the datamodule's images (None: the datamodule's).
-        batch_size: linked from the datamodule by the CLI.
-        num_views: linked to the datamodule by the CLI; the GAN uses one view slot only (set
-            ``data.augmentation: none`` to make it cheap).
-    """
-
-    def __init__(
-        self,
-        image_size: int = 32,
-        latent_dim: int = 128,
-        g_channels: int = 64,
-        d_channels: int = 64,
-        diffaugment_policy: tuple[str, ...] = DIFFAUGMENT_OPS,
-        g_lr: float = 2e-4,
-        d_lr: float = 2e-4,
-        gan_betas: tuple[float, float] = (0.0, 0.9),
-        gan_lr_schedule: str = "constant",
-        pixel_mean: tuple[float, float, float] | None = None,
-        pixel_std: tuple[float, float, float] | None = None,
-        batch_size: int = 256,
-        num_views: int = 1,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.num_views, self.batch_size = num_views, batch_size
-        self.init_adversarial(image_size, latent_dim, g_channels, d_channels, diffaugment_policy, g_lr, d_lr, gan_betas,
-                              gan_lr_schedule, pixel_mean, pixel_std)
-
-    def on_train_start(self) -> None:
-        sync_lambda_schedules(self.trainer)
-
-    def configure_optimizers(self):
-        return self.gan_optimizers(int(self.trainer.estimated_stepping_batches))
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        (opt_g, opt_d), (sched_g, sched_d) = self.optimizers(), self.lr_schedulers()
-        real = self.real_pixels(batch)
-        self.toggle_optimizer(opt_g)
-        fake = self.gan.sample(real.shape[0])
-        g_adv = self.gan.generator_loss(fake)
-        if self.check_finite("generator loss", g_adv):
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_adv)
-            opt_g.step()
-        sched_g.step()
-        self.untoggle_optimizer(opt_g)
-        self.log("gan/g_adv", g_adv.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        self.discriminator_steps(real, fake, opt_d, sched_d)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Images G(z) in [0, 1]."""
-        return self.gan.generator(z)
 
 
 class HardSampleMixin(AdversarialTraining):
@@ -304,16 +104,10 @@ class HardSampleMixin(AdversarialTraining):
             pre-trained alone, with ``generator_checkpoint`` and ``lambda_hard: 0``).
         generator_checkpoint: a ``GANPretrain`` (or joint) checkpoint whose G and D start the run;
             read at the start of a fresh fit, not when resuming.
-        latent_dim: the generator's latent size (must match ``generator_checkpoint``'s).
-        g_channels: the generator's width (must match ``generator_checkpoint``'s).
-        d_channels: the discriminator's width (must match ``generator_checkpoint``'s).
-        diffaugment_policy: DiffAugment ops applied to real and fake images before D.
-        g_lr: Adam LR of the generator.
-        d_lr: Adam LR of the discriminator.
-        gan_betas: Adam betas of G and D (SNGAN's (0, 0.9)).
-        gan_lr_schedule: ``constant``, ``linear`` or ``cosine`` decay of the GAN LRs to 0.
-        pixel_mean: normalisation mean of the datamodule's images (None: the datamodule's).
-        pixel_std: normalisation std of the datamodule's images (None: the datamodule's).
+        gan: the GAN's architecture and optimisers (``GANOptions``; the architecture must match
+            ``generator_checkpoint``'s). The flat arguments these options once were (``latent_dim=``,
+            ``gan_betas=`` ...: ``LEGACY_GAN_ARGUMENTS``) are still read from ``**kwargs``, so that
+            checkpoints saved before they were grouped load.
 
     Generated images get two differentiable views made by the recipe of the datamodule's first
     two view specs (the real views' crop scale, jitter, grayscale, blur, solarize), so real and
@@ -339,19 +133,17 @@ class HardSampleMixin(AdversarialTraining):
         lambda_diversity: float = 0.0,
         train_gan: bool = True,
         generator_checkpoint: str | None = None,
-        latent_dim: int = 128,
-        g_channels: int = 64,
-        d_channels: int = 64,
-        diffaugment_policy: tuple[str, ...] = DIFFAUGMENT_OPS,
-        g_lr: float = 2e-4,
-        d_lr: float = 2e-4,
-        gan_betas: tuple[float, float] = (0.0, 0.9),
-        gan_lr_schedule: str = "constant",
-        pixel_mean: tuple[float, float, float] | None = None,
-        pixel_std: tuple[float, float, float] | None = None,
+        gan: GANOptions = GANOptions(),
         **kwargs: Any,
     ) -> None:
+        options = gan_options(gan, {k: kwargs.pop(k) for k in list(kwargs) if k in LEGACY_GAN_ARGUMENTS})
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        # the base's save_hyperparameters read every subclass's __init__ frame (their **kwargs hold the
+        # GANOptions and any legacy names): record one plain ``gan`` mapping, which weights_only loading reads
+        for name in LEGACY_GAN_ARGUMENTS:
+            self.hparams.pop(name, None)  # type: ignore[attr-defined]
+        self.hparams["gan"] = options.hparams()  # type: ignore[attr-defined]
+        self._hparams_initial = copy.deepcopy(self.hparams)  # what loggers write (Lightning keeps no public setter)
         self.automatic_optimization = False
         for name, v in (("lambda_syn", lambda_syn), ("lambda_hard", lambda_hard), ("lambda_hard_start", lambda_hard_start)):
             if v < 0:
@@ -379,8 +171,7 @@ class HardSampleMixin(AdversarialTraining):
         self.generator_enabled, self.lambda_syn, self.syn_share = generator_enabled, lambda_syn, syn_share
         self.lambda_hard, self.lambda_hard_start, self.hardness_schedule = lambda_hard, lambda_hard_start, hardness_schedule
         self.joint_start_epoch, self.generator_checkpoint = joint_start_epoch, generator_checkpoint
-        self.init_adversarial(self.image_size, latent_dim, g_channels, d_channels, diffaugment_policy,  # type: ignore[attr-defined]
-                              g_lr, d_lr, gan_betas, gan_lr_schedule, pixel_mean, pixel_std)
+        self.init_adversarial(self.image_size, options)  # type: ignore[attr-defined]
         self.synthetic_augmentations: list[DifferentiableViewAugmentation] = []
         self._batch_idx = 0
 
@@ -625,7 +416,7 @@ class HardSampleMixin(AdversarialTraining):
             # BatchNorm restored only after backward: autograd checks the running buffers' versions
             with frozen_batchnorm_stats(self.main_modules()):
                 g_loss, fake, g_stats = self.generator_loss(real.shape[0])
-                if self.check_finite("generator loss", g_loss):
+                if not self.nonfinite(g_loss, name="generator loss", remedy=self.GAN_REMEDY):  # type: ignore[attr-defined]
                     opt_g.zero_grad(set_to_none=True)
                     self.manual_backward(g_loss)  # type: ignore[attr-defined]
                     opt_g.step()
