@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, diffaugment
+from hardcl_lightning.data.differentiable import DIFFAUGMENT_OPS, check_diffaugment_policy, diffaugment
 from hardcl_lightning.optim import SCHEDULES
 
 #: image side -> (start side, upsampling blocks)
@@ -210,7 +210,7 @@ class GANOptions:
             v = getattr(self, name)
             if v is not None and len(v) != 3:
                 raise ValueError(f"gan.{name} must have 3 values (one per RGB channel), got {tuple(v)}")
-        diffaugment(torch.zeros(1, 3, 8, 8), tuple(self.diffaugment_policy))  # names checked now, not mid-run
+        check_diffaugment_policy(self.diffaugment_policy)  # names checked now, not mid-run (and no RNG drawn)
         for name in ("diffaugment_policy", "betas", "pixel_mean", "pixel_std"):  # YAML lists -> tuples
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))

@@ -166,6 +166,12 @@ class DifferentiableViewAugmentation:
 DIFFAUGMENT_OPS = ("color", "translation", "cutout")
 
 
+def check_diffaugment_policy(policy: Sequence[str]) -> None:
+    unknown = set(policy) - set(DIFFAUGMENT_OPS)
+    if unknown:
+        raise ValueError(f"unknown DiffAugment ops {sorted(unknown)}; choose from {list(DIFFAUGMENT_OPS)}")
+
+
 def diffaugment(x: torch.Tensor, policy: Sequence[str] = DIFFAUGMENT_OPS, generator: torch.Generator | None = None) -> torch.Tensor:
     """DiffAugment (Zhao et al. 2020, sec. 3): the same random family for real and fake images.
 
@@ -173,9 +179,7 @@ def diffaugment(x: torch.Tensor, policy: Sequence[str] = DIFFAUGMENT_OPS, genera
     up to 1/8 of the side with zero padding; ``cutout``: zero a random square of half the side.
     Input and output in [0, 1] pixel range.
     """
-    unknown = set(policy) - set(DIFFAUGMENT_OPS)
-    if unknown:
-        raise ValueError(f"unknown DiffAugment ops {sorted(unknown)}; choose from {list(DIFFAUGMENT_OPS)}")
+    check_diffaugment_policy(policy)
     n, _, h, w = x.shape
     v = lambda t: t.view(-1, 1, 1, 1)  # noqa: E731
     if "color" in policy:
