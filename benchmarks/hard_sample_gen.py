@@ -18,7 +18,9 @@ and the methods are data-efficient. So, per seed, on one class-balanced ``--frac
 Every arm uses the tiny configs' recipe (resnet_tiny, SimCLR NT-Xent, AdamW) and ``--epochs``
 (joint from the first epoch). Reported: kNN (k=200, T=0.07) and linear accuracy (logistic
 regression on frozen features) on the held-out images, per seed and their mean; ms per batch and
-its ratio to A's; for the generator arms the last epoch's generated/real loss ratio (at equal
+its ratio to A's, measured with every arm side by side in one sitting (``--timing-rounds`` rounds
+of ``--timing-batches`` batches each, once per protocol: the runs themselves are spread over
+sittings, whose machine load differs, so their wall times do not compare); for the generator arms the last epoch's generated/real loss ratio (at equal
 batch size), pixel std across generated samples and the view-pair cosine of generated views
 (collapse shows as both falling). Shapes10 is the embedded dataset; CIFAR-10 is read from
 ``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``) and skipped cleanly when absent.
@@ -27,7 +29,8 @@ Each (arm, seed) writes ``benchmarks/hard_sample_gen/<dataset>_f<fraction>_e<epo
 (kept in the repository) and is skipped when its record exists (``--force`` re-runs it), so a run
 too long for one sitting (CIFAR-10 at ``--fraction 0.2``: about 1.5 h of 2 CPU cores a seed) goes
 on where it stopped, one ``--seeds`` at a time; the table is made from the records of the same
-protocol. The pre-trained GANs are cached in the git-ignored ``benchmarks/out/hard_sample_gen/``.
+protocol; the side-by-side timing is ``<dataset>_f<fraction>_e<epochs>_timing.json`` beside them
+(Acm's epochs come from it). The pre-trained GANs are cached in the git-ignored ``benchmarks/out/hard_sample_gen/``.
 """
 
 from __future__ import annotations
@@ -130,18 +133,27 @@ def protocol(args: argparse.Namespace) -> dict:
             "batch_size": args.batch_size, **({"num_train": args.num_train} if args.dataset == "shapes" else {})}
 
 
+def timing_name(dataset: str, fraction: float, epochs: int) -> str:
+    return f"{dataset}_f{fraction:g}_e{epochs}_timing"
+
+
 def load_runs(runs_dir: Path, want: dict) -> list[dict]:
+    """The (arm, seed) records of this protocol (not the timing record)."""
     runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))] if runs_dir.is_dir() else []
-    return [r for r in runs if all(r.get(k) == v for k, v in want.items())]
+    return [r for r in runs if "arm" in r and all(r.get(k) == v for k, v in want.items())]
+
+
+def arm_cli(arm: str, data: list[str], epochs: int, seed: int, gan_ckpt: Path | None, tmp: str, *more: str):
+    config, extra, uses_gan, _ = ARMS[arm]
+    gan = [f"--model.init_args.generator_checkpoint={gan_ckpt}", "--model.init_args.joint_start_epoch=0"] if uses_gan else []
+    return build_cli(["--config", str(REPO / "configs" / "tiny" / f"{config}.yaml"), *common_args(tmp, epochs, seed),
+                      *data, *gan, *extra, *more], run=False)
 
 
 def run_arm(arm: str, data: list[str], epochs: int, seed: int, gan_ckpt: Path | None) -> dict:
-    config, extra, uses_gan, _ = ARMS[arm]
     timer, last = StepTimer(warmup=3), LastEpochMetrics()
-    gan = [f"--model.init_args.generator_checkpoint={gan_ckpt}", "--model.init_args.joint_start_epoch=0"] if uses_gan else []
     with tempfile.TemporaryDirectory() as tmp:
-        cli = build_cli(["--config", str(REPO / "configs" / "tiny" / f"{config}.yaml"), *common_args(tmp, epochs, seed),
-                         *data, *gan, *extra], run=False)
+        cli = arm_cli(arm, data, epochs, seed, gan_ckpt, tmp)
         cli.trainer.callbacks.extend([timer, last])
         init, final, minutes = fit_and_evaluate(cli)
     return {"arm": arm, "seed": seed, "epochs": epochs, "knn": final["knn"], "linear": final["linear"],
@@ -149,8 +161,41 @@ def run_arm(arm: str, data: list[str], epochs: int, seed: int, gan_ckpt: Path | 
             "train_images": len(cli.datamodule._train), **last.values}
 
 
-def table(rows: list[dict], arms: list[str]) -> list[str]:
-    base_ms = statistics.mean(r["ms_per_batch"] for r in rows if r["arm"] == "A") if any(r["arm"] == "A" for r in rows) else None
+#: arms whose batches cost what A's do (the same model and batch; more data or more epochs)
+TIMED_AS_A = {"A2x": "A", "Acm": "A"}
+
+
+def timed_arms(arms: list[str]) -> list[str]:
+    """The arms the side-by-side timing measures: A (the ratios' base), C when Acm is matched to it,
+    and every other arm but those timed as A."""
+    need = {"A", *(["C"] if "Acm" in arms else []), *(a for a in arms if a not in TIMED_AS_A)}
+    return [a for a in ARMS if a in need]
+
+
+def time_arms(arms: list[str], data: list[str], seed: int, gan_ckpt: Path, batches: int, rounds: int) -> dict[str, float]:
+    """ms per training batch of each arm, measured side by side in one sitting: ``rounds`` rounds,
+    each fitting every arm in turn for ``batches`` batches (after 3 not timed), and each arm's
+    median over the rounds. The arms' own runs are spread over sittings (even sessions), so their
+    wall times meet different loads; what else runs on the machine now slows every arm alike."""
+    ms: dict[str, list[float]] = {a: [] for a in arms}
+    for _ in range(rounds):
+        for arm in arms:
+            timer = StepTimer(warmup=3)
+            with tempfile.TemporaryDirectory() as tmp:
+                cli = arm_cli(arm, data, 1, seed, gan_ckpt if ARMS[arm][2] else None, tmp,
+                              f"--trainer.limit_train_batches={batches + 4}")
+                cli.trainer.callbacks.append(timer)
+                cli.trainer.fit(cli.model, cli.datamodule)
+            ms[arm].append(1000 * timer.seconds_per_step)
+    return {a: statistics.median(v) for a, v in ms.items()}
+
+
+def arm_ms(timing: dict[str, float], arm: str) -> float | None:
+    return timing.get(TIMED_AS_A.get(arm, arm))
+
+
+def table(rows: list[dict], arms: list[str], timing: dict[str, float]) -> list[str]:
+    base_ms = timing.get("A")
     base_knn = {r["seed"]: r["knn"] for r in rows if r["arm"] == "A"}
     out = ["| arm | what | images | epochs | kNN per seed (%) | kNN mean (%) | - A | linear mean (%) | ms / batch | "
            "step-time ratio | last epoch: " + ", ".join(DIAGNOSTICS.values()) + " |",
@@ -161,13 +206,13 @@ def table(rows: list[dict], arms: list[str]) -> list[str]:
             continue
         knn = statistics.mean(r["knn"] for r in rs)
         gap = statistics.mean(r["knn"] - base_knn[r["seed"]] for r in rs if r["seed"] in base_knn) if base_knn else None
-        ms = statistics.mean(r["ms_per_batch"] for r in rs)
+        ms = arm_ms(timing, arm)
         diag = ", ".join(f"{statistics.mean(r[k] for r in rs if k in r):.3f}" if any(k in r for r in rs) else "-"
                          for k in DIAGNOSTICS)
         per_seed = " / ".join(f"{100 * r['knn']:.1f}" for r in rs)
         out.append(f"| {arm} | {ARMS[arm][3]} | {rs[0]['train_images']} | {rs[0]['epochs']} | {per_seed} | {100 * knn:.1f} | "
                    f"{'-' if gap is None else f'{100 * gap:+.1f}'} | {100 * statistics.mean(r['linear'] for r in rs):.1f} | "
-                   f"{ms:.0f} | {'-' if base_ms is None else f'{ms / base_ms:.2f}'} | {diag} |")
+                   f"{'-' if ms is None else f'{ms:.0f}'} | {'-' if None in (ms, base_ms) else f'{ms / base_ms:.2f}'} | {diag} |")
     return out
 
 
@@ -182,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gan-epochs", type=int, default=10, help="epochs of GAN pre-training on the subset")
     ap.add_argument("--batch-size", type=int, default=128, help="every arm's batch (the tiny configs' 128)")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
-    ap.add_argument("--force", action="store_true", help="re-run (arm, seed) runs that have a record, and the GAN")
+    ap.add_argument("--force", action="store_true", help="re-run (arm, seed) runs that have a record, the GAN and the timing")
+    ap.add_argument("--timing-batches", type=int, default=20, help="timed batches per arm and round of the side-by-side timing")
+    ap.add_argument("--timing-rounds", type=int, default=3, help="rounds of the side-by-side timing (each arm's median)")
     ap.add_argument("--runs-dir", type=Path, default=None, help="where run records go (default benchmarks/hard_sample_gen/)")
     ap.add_argument("--gan-cache", type=Path, default=None, help="where pre-trained GANs are kept (default benchmarks/out/hard_sample_gen/)")
     args = ap.parse_args(argv)
@@ -192,18 +239,35 @@ def main(argv: list[str] | None = None) -> None:
     if "A2x" in args.arms and args.fraction * 2 > 1:
         raise SystemExit(f"--fraction {args.fraction}: arm A2x needs 2x it <= 1; lower --fraction or drop A2x")
     arms = list(args.arms)
-    if "Acm" in arms:  # compute matching needs A's and C's step times first
-        arms = [a for a in ("A", "C") if a not in arms] + [a for a in arms if a != "Acm"] + ["Acm"]
     data = data_args(args.dataset, args.num_train, args.fraction, args.batch_size)
     runs_dir, want = args.runs_dir or RUNS_DIR, protocol(args)
     command = ("python benchmarks/hard_sample_gen.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
                                                                    if a not in ("--force", "--no-write"))).strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     gan_dir = args.gan_cache or CACHE / "hard_sample_gen"
+    gan_path = lambda seed: gan_dir / f"gan_{'_'.join(f'{k}{v}' for k, v in want.items())}_seed{seed}.ckpt"  # noqa: E731
+    timing_path = runs_dir / f"{timing_name(args.dataset, args.fraction, args.epochs)}.json"
+    timing_record = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    to_time = timed_arms(arms)
+    if args.force or not set(to_time) <= set(timing_record.get("ms_per_batch", {})):
+        seed = args.seeds[0]
+        gan_minutes = None
+        if any(ARMS[a][2] for a in to_time) and (args.force or not gan_path(seed).is_file()):
+            gan_minutes = pretrain_gan(data, args.gan_epochs, seed, gan_path(seed))
+        t0 = time.perf_counter()
+        ms = time_arms(to_time, data, seed, gan_path(seed), args.timing_batches, args.timing_rounds)
+        timing_record = {**want, "ms_per_batch": ms, "batches": args.timing_batches, "rounds": args.timing_rounds,
+                         "minutes": (time.perf_counter() - t0) / 60, "date": datetime.date.today().isoformat(),
+                         "machine": machine(), "commit": commit, "command": command,
+                         **({"gan_minutes": gan_minutes} if gan_minutes is not None else {})}
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        timing_path.write_text(json.dumps(timing_record, indent=1) + "\n")
+        print("side-by-side ms / batch: " + ", ".join(f"{a} {v:.0f}" for a, v in ms.items()), flush=True)
+    timing = timing_record["ms_per_batch"]
     for seed in args.seeds:
         done = {r["arm"]: r for r in load_runs(runs_dir, want) if r["seed"] == seed}
         todo = [a for a in arms if args.force or a not in done]
-        ckpt = gan_dir / f"gan_{'_'.join(f'{k}{v}' for k, v in want.items())}_seed{seed}.ckpt"
+        ckpt = gan_path(seed)
         gan_minutes = None
         if any(ARMS[a][2] for a in todo) and (args.force or not ckpt.is_file()):
             gan_minutes = pretrain_gan(data, args.gan_epochs, seed, ckpt)
@@ -211,9 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             epochs, arm_data = args.epochs, data
             if arm == "A2x":
                 arm_data = data_args(args.dataset, args.num_train, 2 * args.fraction, args.batch_size)
-            if arm == "Acm":
-                a, c = done["A"], done["C"]
-                epochs = max(args.epochs, round(args.epochs * c["ms_per_batch"] / a["ms_per_batch"]))
+            if arm == "Acm":  # C's batches cost more: A gets the epochs that C's compute buys (the side-by-side times)
+                epochs = max(args.epochs, round(args.epochs * timing["C"] / timing["A"]))
             r = {**run_arm(arm, arm_data, epochs, seed, ckpt if ARMS[arm][2] else None), **want,
                  "date": datetime.date.today().isoformat(), "machine": machine(), "commit": commit, "command": command}
             if ARMS[arm][2] and gan_minutes is not None:
@@ -236,8 +299,12 @@ def main(argv: list[str] | None = None) -> None:
              f"seeds {' '.join(map(str, seeds))}, the tiny configs (resnet_tiny, SimCLR NT-Xent, AdamW), "
              f"GAN pre-trained {args.gan_epochs} epochs on the same subset"
              + (f" ({statistics.mean(gan_minutes):.1f} min a seed)" if gan_minutes else "")
-             + f". Each run's record: `benchmarks/hard_sample_gen/{run_name(args.dataset, args.fraction, args.epochs, '<arm>', 0)[:-1]}<k>.json`.",
-             "", *table(rows, order)]
+             + f". Each run's record: `benchmarks/hard_sample_gen/{run_name(args.dataset, args.fraction, args.epochs, '<arm>', 0)[:-1]}<k>.json`. "
+             f"ms / batch and its ratio to A's: every arm side by side in one sitting ({timing_record['date']}, "
+             f"{timing_record['rounds']} rounds of {timing_record['batches']} batches, each arm's median; "
+             f"`benchmarks/hard_sample_gen/{timing_path.name}`), not the runs' own wall times, which meet "
+             "different loads; A2x and Acm cost A's per batch.",
+             "", *table(rows, order, timing)]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
     print("\n".join(lines))

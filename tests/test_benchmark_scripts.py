@@ -1,5 +1,6 @@
 """The benchmark scripts still run (tiny settings): they are how the README's figures are made."""
 
+import json
 import os
 import re
 import subprocess
@@ -176,19 +177,23 @@ def test_hvs_real_diagnostic_rows_are_their_own_and_pair_with_the_base():
 
 def test_hard_sample_gen_runs_every_arm_and_matches_compute(tmp_path):
     """Every arm at a tiny size, one seed: the table has each arm, B/C arms their diagnostics, the
-    pre-trained GAN is accepted by the joint runs (same subset) and Acm gets more epochs than A.
-    A second call finds every record and runs nothing."""
+    pre-trained GAN is accepted by the joint runs (same subset), the arms are timed side by side
+    and Acm gets more epochs than A. A second call finds every record and runs nothing."""
     cwd, runs, cache = tmp_path / "cwd", tmp_path / "runs", tmp_path / "cache"
     cwd.mkdir()
     script = [sys.executable, str(REPO / "benchmarks" / "hard_sample_gen.py"), "--epochs", "1", "--gan-epochs", "1",
-              "--num-train", "400", "--batch-size", "16", "--no-write", "--runs-dir", str(runs), "--gan-cache", str(cache)]
+              "--num-train", "400", "--batch-size", "16", "--no-write", "--runs-dir", str(runs), "--gan-cache", str(cache),
+              "--timing-batches", "3", "--timing-rounds", "1"]
     out = subprocess.run([*script, "--arms", "A", "A2x", "Acm", "B", "C", "C_latent", "C_residual", "D", "E", "--seeds", "0"],
                          capture_output=True, text=True, timeout=600, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(list(runs.glob("shapes_f0.2_e1_*_seed0.json"))) == 9 and len(list(cache.glob("*.ckpt"))) == 1
+    timing = json.loads((runs / "shapes_f0.2_e1_timing.json").read_text())["ms_per_batch"]
+    assert set(timing) == {"A", "B", "C", "C_latent", "C_residual", "D", "E"}  # A2x and Acm cost A's per batch
+    assert timing["C"] > timing["A"] and "side-by-side ms / batch" in out.stdout
     again = subprocess.run([*script, "--arms", "A", "Acm", "B", "--seeds", "0"], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert not re.search(r"^\w+ seed 0: kNN", again.stdout, re.M)  # nothing re-run
+    assert not re.search(r"^\w+ seed 0: kNN", again.stdout, re.M) and "side-by-side" not in again.stdout  # nothing re-run
     assert {m.group(1) for m in re.finditer(r"^\| (A|Acm|B) \|", again.stdout, re.M)} == {"A", "Acm", "B"}
     assert "Not run yet" not in again.stdout
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (A|A2x|Acm|B|C|C_latent|C_residual|D|E) \|.*$", out.stdout, re.M)}
