@@ -27,7 +27,7 @@ batch size), pixel std across generated samples and the view-pair cosine of gene
 
 Each (arm, seed) writes ``benchmarks/hard_sample_gen/<dataset>_f<fraction>_e<epochs>_<arm>_seed<k>.json``
 (kept in the repository) and is skipped when its record exists (``--force`` re-runs it), so a run
-too long for one sitting (CIFAR-10 at ``--fraction 0.2``: about 1.5 h of 2 CPU cores a seed) goes
+too long for one sitting (CIFAR-10 at ``--fraction 0.2``: about 2 h of 2 otherwise idle CPU cores a seed) goes
 on where it stopped, one ``--seeds`` at a time; the table is made from the records of the same
 protocol; the side-by-side timing is ``<dataset>_f<fraction>_e<epochs>_timing.json`` beside them
 (Acm's epochs come from it). The pre-trained GANs are cached in the git-ignored ``benchmarks/out/hard_sample_gen/``.
@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{100 * r['linear']:.1f} %, {r['ms_per_batch']:.0f} ms/batch, {r['minutes']:.1f} min", flush=True)
     rows = sorted((r for r in load_runs(runs_dir, want) if r["arm"] in arms), key=lambda r: r["seed"])
     seeds = sorted({r["seed"] for r in rows})
-    gan_minutes = [r["gan_minutes"] for r in rows if "gan_minutes" in r]
+    # a seed's GAN pre-training is recorded by the first run that needed it: an arm's, or the timing's
+    gan_minutes = [r["gan_minutes"] for r in [*rows, timing_record] if "gan_minutes" in r]
     missing = [run_name(args.dataset, args.fraction, args.epochs, a, s) for s in args.seeds for a in arms
                if not any(r["arm"] == a and r["seed"] == s for r in rows)]
     order = [a for a in ARMS if a in arms]
