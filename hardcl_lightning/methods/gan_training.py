@@ -107,6 +107,13 @@ class AdversarialTraining:
     #: what the non-finite guard's error suggests for the GAN's losses
     GAN_REMEDY = "Lower gan.g_lr / gan.d_lr"
 
+    def gan_update(self, opt: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> None:
+        """One manual step of G's or D's optimiser on ``loss``, unless the non-finite guard drops it."""
+        if not self.nonfinite(loss, name=name, remedy=self.GAN_REMEDY):  # type: ignore[attr-defined]
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)  # type: ignore[attr-defined]
+            opt.step()
+
     def discriminator_steps(self, real: torch.Tensor, fake: torch.Tensor, opt_d, sched_d, steps: int = 1) -> None:
         """``steps`` hinge-loss steps of D on ``real`` vs ``fake`` (then vs fresh samples); its LR
         schedule advances once per batch, whatever ``steps`` is."""
@@ -116,10 +123,7 @@ class AdversarialTraining:
                 with torch.no_grad():
                     fake = self.gan.sample(fake.shape[0])
             d_loss, d_real, d_fake = self.gan.discriminator_loss(real, fake.detach())
-            if not self.nonfinite(d_loss, name="discriminator loss", remedy=self.GAN_REMEDY):  # type: ignore[attr-defined]
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss)  # type: ignore[attr-defined]
-                opt_d.step()
+            self.gan_update(opt_d, d_loss, "discriminator loss")
         sched_d.step()
         self.untoggle_optimizer(opt_d)  # type: ignore[attr-defined]
         self.log_dict({"gan/d_loss": d_loss.detach(), "gan/d_real": d_real, "gan/d_fake": d_fake},  # type: ignore[attr-defined]
@@ -172,10 +176,7 @@ class GANPretrain(NonFiniteLossGuard, ResumableState, AdversarialTraining, L.Lig
         self.toggle_optimizer(opt_g)
         fake = self.gan.sample(real.shape[0])
         g_adv = self.gan.generator_loss(fake)
-        if not self.nonfinite(g_adv, name="generator loss", remedy=self.GAN_REMEDY):
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_adv)
-            opt_g.step()
+        self.gan_update(opt_g, g_adv, "generator loss")
         sched_g.step()
         self.untoggle_optimizer(opt_g)
         self.log("gan/g_adv", g_adv.detach(), on_step=True, on_epoch=True, prog_bar=True)

@@ -416,10 +416,7 @@ class HardSampleMixin(AdversarialTraining):
             # BatchNorm restored only after backward: autograd checks the running buffers' versions
             with frozen_batchnorm_stats(self.main_modules()):
                 g_loss, fake, g_stats = self.generator_loss(real.shape[0])
-                if not self.nonfinite(g_loss, name="generator loss", remedy=self.GAN_REMEDY):  # type: ignore[attr-defined]
-                    opt_g.zero_grad(set_to_none=True)
-                    self.manual_backward(g_loss)  # type: ignore[attr-defined]
-                    opt_g.step()
+                self.gan_update(opt_g, g_loss, "generator loss")
             sched_g.step()
             self.untoggle_optimizer(opt_g)  # type: ignore[attr-defined]
             stats.update(g_stats)
