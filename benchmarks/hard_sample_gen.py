@@ -31,6 +31,7 @@ too long for one sitting (CIFAR-10 at ``--fraction 0.2``: about 2 h of 2 otherwi
 on where it stopped, one ``--seeds`` at a time; the table is made from the records of the same
 protocol; the side-by-side timing is ``<dataset>_f<fraction>_e<epochs>_timing.json`` beside them
 (Acm's epochs come from it). The pre-trained GANs are cached in the git-ignored ``benchmarks/out/hard_sample_gen/``.
+The same arms at ResNet-18 scale, on a GPU: ``python benchmarks/gpu_suite.py --suite generators``.
 """
 
 from __future__ import annotations
@@ -108,14 +109,16 @@ def common_args(tmp: str, epochs: int, seed: int) -> list[str]:
             "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0"]
 
 
-def pretrain_gan(data: list[str], epochs: int, seed: int, path: Path) -> float:
-    """GAN pre-training on the arms' subset; its checkpoint records that subset. Returns minutes.
+def pretrain_gan(data: list[str], epochs: int, seed: int, path: Path, config: str = "tiny/gan_pretrain",
+                 more: tuple[str, ...] = ()) -> float:
+    """GAN pre-training (``configs/<config>.yaml`` + ``more``) on the arms' subset; its checkpoint
+    records that subset. Returns minutes.
 
     Written to a temporary name and renamed, so an interrupted run leaves no half checkpoint."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        cli = build_cli(["--config", str(REPO / "configs" / "tiny" / "gan_pretrain.yaml"), *common_args(tmp, epochs, seed),
-                         *data], run=False)
+        cli = build_cli(["--config", str(REPO / "configs" / f"{config}.yaml"), *common_args(tmp, epochs, seed), *data, *more],
+                        run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
         path.parent.mkdir(parents=True, exist_ok=True)
         cli.trainer.save_checkpoint(str(path) + ".tmp")

@@ -162,6 +162,75 @@ def test_gpu_suite_tiny_trains_its_arms(tmp_path):
         assert re.search(rf"^{re.escape(name)}: kNN ep 0: [\d.]+, ep 1: [\d.]+ %, \d+ img/s$", out.stdout, re.M), out.stdout
 
 
+def test_gpu_suite_generator_table_and_compute_matched_epochs():
+    """By hand: A at 0.10 s a step, C_latent at 0.25 s, so Acm gets 2.5 x E epochs (at least E);
+    each row's gap to A and step-time ratio are its own over A's."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_suite
+
+    timed = {"A": {"step_seconds": 0.10}, "C_latent": {"step_seconds": 0.25}}
+    assert gpu_suite.acm_epochs(10, timed) == 25 and gpu_suite.acm_epochs(2, timed) == 5
+    assert gpu_suite.acm_epochs(10, {"A": {"step_seconds": 0.3}, "C_latent": {"step_seconds": 0.25}}) == 10
+    row = {"train_images": 10000, "epochs": 10, "images_per_s": 2560.0}
+    rows = {"A": {**row, "knn": 0.50, "linear": 0.55, "step_seconds": 0.10},
+            "C_latent": {**row, "knn": 0.52, "linear": 0.56, "step_seconds": 0.25, "hard/gen_pixel_std_epoch": 0.2},
+            "Acm": {**row, "epochs": 25, "knn": 0.58, "linear": 0.60, "step_seconds": 0.10}}
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+             for line in gpu_suite.generator_table(rows) if line.startswith("| ") and not line.startswith("| arm")}
+    assert cells["A"][3:10] == ["10000", "10", "50.0", "+0.0", "55.0", "2560", "1.00"]
+    assert cells["C_latent"][5:7] == ["52.0", "+2.0"] and cells["C_latent"][9] == "2.50" and "0.200" in cells["C_latent"][10]
+    assert cells["Acm"][4:7] == ["25", "58.0", "+8.0"] and cells["Acm"][9] == "1.00"
+
+
+def test_gpu_suite_refuses_an_arm_of_the_other_suite(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--suite", "generators", "--tiny",
+                          "--arms", "A", "MoCHi"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode != 0 and "--arms MoCHi: not an arm of --suite generators" in out.stderr and "C_latent" in out.stderr
+
+
+def test_gpu_suite_tiny_trains_the_generator_arms_from_a_gan_of_their_subset(tmp_path):
+    """The GAN is pre-trained on the arms' subset (the joint arms refuse a GAN of other images),
+    every arm ends with kNN and linear accuracy, and Acm's epochs follow A's and C_latent's step times.
+    On Shapes10 (no archive): 10,000 CIFAR-10 test images to embed per arm would be most of the time."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "HARDCL_CIFAR10_TAR": str(tmp_path / "absent.tar.gz"), "HARDCL_BENCH_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--suite", "generators", "--tiny",
+                          "--epochs", "1", "--workers", "0", "--arms", "A", "C_latent", "Acm", "--no-write"],
+                         capture_output=True, text=True, timeout=900, cwd=run_dir, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not list(run_dir.iterdir())  # no run files where it was started
+    assert re.search(r"^GAN pre-trained 1 epochs in [\d.]+ min$", out.stdout, re.M), out.stdout
+    for arm in ("A", "C_latent", "Acm"):
+        assert re.search(rf"^{arm}: \d+ epochs, kNN [\d.]+ %, linear [\d.]+ %, \d+ img/s$", out.stdout, re.M), out.stdout
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| arm")}
+    assert list(rows) == ["A", "C_latent", "Acm"]
+    assert int(rows["Acm"][4]) == max(1, round(float(rows["C_latent"][9])))  # E=1 x the step-time ratio (to 2 places)
+
+
+def test_gpu_session_runs_the_epoch_table_then_a_suite_in_the_time_left(tmp_path):
+    """The one command a lent GPU runs, at the tiny size and with each script's arguments passed on:
+    its logs and RESULTS.md land in $OUT; a wrong argument is refused naming what is accepted."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "GPU_SESSION_MINUTES": "5",
+           "HARDCL_CIFAR10_TAR": str(tmp_path / "absent.tar.gz"), "HARDCL_BENCH_CACHE": str(tmp_path / "cache"),
+           "GPU_EPOCH_ARGS": "--methods SimCLR --paths bound --steps 2 --warmup 1 --workers 0",
+           "GPU_SUITE_ARGS": "--epochs 1 --arms SimCLR --workers 0"}
+    script = str(REPO / "benchmarks" / "gpu_session.sh")
+    out = subprocess.run(["bash", script, "--tiny", "contrastive"], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    logs = tmp_path / "out"
+    assert sorted(p.name for p in logs.iterdir()) == ["RESULTS.md", "gpu_epoch.log", "gpu_suite_contrastive.log", "machine.log"]
+    assert re.search(r"^\| SimCLR \| bound \| [\d.]+ \|", (logs / "gpu_epoch.log").read_text(), re.M)
+    left = float(re.search(r"gpu_suite.py --suite contrastive gets ([\d.-]+) min", (logs / "machine.log").read_text()).group(1))
+    assert 0 < left < 4.5  # 5 minutes less gpu_epoch.py's time and half a minute
+    assert re.search(r"^SimCLR: kNN ep 0: [\d.]+, ep 1: [\d.]+ %", (logs / "gpu_suite_contrastive.log").read_text(), re.M)
+    assert (logs / "RESULTS.md").read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()  # --tiny writes nothing
+    bad = subprocess.run(["bash", script, "generator"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "unknown argument 'generator' (accepted: wheels, contrastive, generators, --tiny)" in bad.stderr
+
+
 def test_hvs_real_diagnostic_rows_are_their_own_and_pair_with_the_base():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import hvs_real
