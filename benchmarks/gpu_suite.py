@@ -204,7 +204,9 @@ def generator_arm_args(arm: str, args: argparse.Namespace, root: Path | None, ga
         more += [f"--model.init_args.generator_checkpoint={gan_ckpt}", "--model.init_args.joint_start_epoch=0"]
     if epochs is not None:
         more.append("--trainer.limit_val_batches=0")  # evaluated once, at the end
-    return arm_args(config, extra, args, root, epochs, max_steps, more)
+    if max_steps is not None:  # batches, not steps: the joint arms step two or three optimisers a batch
+        more += ["--trainer.max_epochs=1", f"--trainer.limit_train_batches={max_steps}", "--trainer.limit_val_batches=0"]
+    return arm_args(config, extra, args, root, epochs, None, more)
 
 
 def run_generator_arm(arm: str, args: argparse.Namespace, root: Path | None, gan_ckpt: Path | None,
