@@ -1,14 +1,19 @@
 """``augment_on: device``: the loader sends uint8 images, the views are made where the batch lands.
 
-The ops are those of ``hardcl_lightning.data.differentiable`` (tested against torchvision in
-tests/test_differentiable.py); here: the batch layout is the CPU path's, recipes with known
-outcomes give them exactly, and a training run goes through Lightning's transfer hook.
+The ops are those of ``hardcl_lightning.data.differentiable`` with ``match_torchvision=True``
+(each tested against torchvision in tests/test_differentiable.py, the crop boxes against
+``RandomResizedCrop.get_params``'s distribution); here: the batch layout is the CPU path's,
+recipes with known outcomes give them exactly, the boxes are the views' crops, a seed repeats
+the views, evaluation images do not change, and every tiny config trains on device-made views.
 """
+
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from hardcl_lightning.cli import build_cli
 from hardcl_lightning.data import ImageFolderDataModule, ShapesDataModule
 from hardcl_lightning.data.transforms import ViewSpec
 from hardcl_lightning.methods import HVSSimCLR
@@ -101,3 +106,108 @@ def test_images_of_mixed_sizes_need_a_device_input_size(tmp_path):
         shapes(augment_on="gpu")
     with pytest.raises(ValueError, match="device_input_size must be >= 1 or None, got 0"):
         shapes(augment_on="device", device_input_size=0)
+
+
+def test_solarize_and_jitter_probabilities_follow_the_recipe():
+    """Solarize inverts exactly the pixels >= 128 of the uint8 image (``RandomSolarize(128)``);
+    jitter, grayscale and solarize each hit about their probability of the samples."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from hardcl_lightning.data.differentiable import DifferentiableViewAugmentation
+
+    raw = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    spec = ViewSpec(8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
+                    solarize_prob=1.0)
+    views, _ = DifferentiableViewAugmentation(spec, (0, 0, 0), (1, 1, 1), match_torchvision=True)(raw.float() / 255)
+    assert torch.allclose(views, TF.solarize(raw, 128).float() / 255, atol=1e-6)
+    n = 4000
+    x = torch.rand(1, 3, 8, 8).expand(n, -1, -1, -1)
+    for name, p in [("jitter_prob", 0.8), ("grayscale_prob", 0.2), ("solarize_prob", 0.3)]:
+        spec = ViewSpec(8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
+                        **{k: 0.0 for k in ("jitter_prob", "grayscale_prob", "solarize_prob") if k != name}, **{name: p})
+        views, _ = DifferentiableViewAugmentation(spec, (0, 0, 0), (1, 1, 1), match_torchvision=True)(
+            x, torch.Generator().manual_seed(0))
+        changed = (views - x).abs().flatten(1).amax(1) > 1e-4
+        assert abs(changed.float().mean().item() - p) < 0.03, name
+
+
+def test_jitter_factors_stay_in_colorjitters_ranges_for_strong_jitter():
+    """``ColorJitter(brightness=1.5)`` draws factors in [max(0, 1 - 1.5), 2.5]: never negative, so
+    no view is the black image that a factor below 0 would clamp to."""
+    from hardcl_lightning.data.differentiable import DifferentiableViewAugmentation
+
+    spec = ViewSpec(8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=1.0, brightness=1.5,
+                    contrast=0.0, saturation=0.0, hue=0.0, grayscale_prob=0.0)
+    x = torch.rand(1, 3, 8, 8).clamp(0.2, 0.8).expand(2000, -1, -1, -1)
+    for match in (True, False):
+        views, _ = DifferentiableViewAugmentation(spec, (0, 0, 0), (1, 1, 1), match_torchvision=match)(
+            x, torch.Generator().manual_seed(0))
+        factor = (views / x).flatten(1).amin(1)  # below the clamp at 1, the view is factor * x
+        assert (factor > 0).float().mean() > 0.995 and (views.flatten(1).amax(1) > 0).all(), match
+
+
+def test_recorded_boxes_are_the_crops_of_the_views():
+    """Colour off: each view is torchvision's antialiased resized crop of its recorded box."""
+    from torchvision.transforms.v2 import functional as TF
+
+    dm = shapes(augment_on="device", image_size=24, crop_scale=(0.2, 1.0))
+    dm.view_specs = [ViewSpec(24, crop_scale=(0.2, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0)] * 2
+    raw = next(iter(dm.train_dataloader()))
+    images = raw["raw"].clone()
+    dev = dm.on_after_batch_transfer(raw, 0)
+    assert torch.equal(dev["boxes"], dev["boxes"].round())
+    for v, view in enumerate(dev["views"]):
+        for i in range(images.shape[0]):
+            x0, y0, x1, y1 = dev["boxes"][i, v].int().tolist()
+            ref = TF.resized_crop(images[i].float() / 255, y0, x0, y1 - y0, x1 - x0, [24, 24], antialias=True)
+            assert torch.allclose(view[i], normalised(dm, ref.unsqueeze(0) * 255)[0], atol=1e-4), (v, i)
+
+
+def test_views_of_one_image_differ_and_a_seed_repeats_them():
+    dm = shapes(augment_on="device")
+    raw = next(iter(dm.train_dataloader()))
+
+    def views(seed):
+        torch.manual_seed(seed)
+        out = dm.device_views({**raw, "raw": raw["raw"].clone()})
+        return torch.stack(out["views"]), out["boxes"]
+
+    (a, boxes_a), (b, boxes_b), (c, _) = views(0), views(0), views(1)
+    assert torch.equal(a, b) and torch.equal(boxes_a, boxes_b)  # a fixed seed: the same views
+    assert not torch.allclose(a, c)
+    assert ((a[0] - a[1]).flatten(1).abs().amax(1) > 1e-3).all()  # every image's two views differ
+    assert (boxes_a[:, 0] != boxes_a[:, 1]).any(1).all()
+
+
+def test_validation_and_knn_bank_images_do_not_depend_on_augment_on():
+    cpu, dev = shapes(), shapes(augment_on="device")
+    for name in ("val_dataloader", "bank_dataloader"):
+        for x, y in zip(getattr(cpu, name)(), getattr(dev, name)()):
+            assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+TINY = sorted(p for p in (Path(__file__).parents[1] / "configs" / "tiny").glob("*.yaml")
+              if not p.stem.startswith(("linear_eval", "knn_sweep")))
+
+
+@pytest.mark.parametrize("config", TINY, ids=lambda p: p.stem)
+def test_fast_dev_run_of_each_tiny_config_on_device_made_views(config, tmp_path, monkeypatch):
+    """Every method trains a batch from views made by ``augment_on: device`` (the batch reaching
+    the model was made from uint8 images after transfer, not by the loader's PIL workers)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["hardcl"])
+    cli = build_cli(["--config", str(config), "--trainer.fast_dev_run=true", "--trainer.logger=false",
+                     "--data.augment_on=device", "--data.num_workers=0", "--data.num_train=64", "--data.num_val=32",
+                     "--data.batch_size=16"], run=False)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(("raw" in batch, len(batch["views"]), tuple(batch["boxes"].shape[:2])))
+
+    cli.trainer.callbacks.append(Spy())
+    first = next(iter(cli.datamodule.train_dataloader()))
+    assert first["raw"].dtype == torch.uint8 and "views" not in first
+    cli.trainer.fit(cli.model, cli.datamodule)
+    views = len(cli.datamodule.view_specs)
+    assert seen == [(False, views, (16, views))]

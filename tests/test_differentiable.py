@@ -6,16 +6,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from hardcl_lightning.data.differentiable import (
     DifferentiableViewAugmentation,
     color_jitter,
+    color_jitter_random_order,
     crop_flip_params,
     diffaugment,
     gaussian_blur,
     luma,
+    random_resized_crop_boxes,
     resized_crop,
+    resized_crop_boxes,
+    shift_hue_hsv,
 )
 from hardcl_lightning.data.transforms import ViewSpec
 from hardcl_lightning.gan import GAN, Discriminator, Generator, discriminator_hinge_loss, generator_hinge_loss
@@ -70,6 +75,81 @@ def test_hue_rotation_keeps_luma_and_inverts():
     back = color_jitter(shifted, one, one, one, torch.full((3,), -0.05))
     assert torch.allclose(back, x, atol=1e-4)
     assert torch.allclose(color_jitter(x, one, one, one, torch.zeros(3)), x, atol=1e-6)
+
+
+def test_hsv_hue_shift_matches_torchvision_also_at_grey_pixels():
+    x = images(3, size=20)
+    x[:, :, :5] = x[:, :1, :5]  # grey rows: hue undefined, the image must stay as it is
+    for hue in (0.0, 0.1, -0.3, 0.5):
+        assert torch.allclose(shift_hue_hsv(x, torch.full((3,), hue)), TF.adjust_hue(x, hue), atol=1e-5)
+    per_sample = shift_hue_hsv(x, torch.tensor([0.1, -0.2, 0.0]))
+    assert torch.allclose(per_sample[1], TF.adjust_hue(x[1], -0.2), atol=1e-5)
+
+
+def test_random_order_jitter_applies_each_images_permutation_as_torchvision_ops():
+    x = images(4)
+    order = torch.tensor([[3, 0, 1, 2], [0, 3, 1, 2], [2, 1, 0, 3], [1, 2, 3, 0]])
+    b, c, s, h = torch.tensor([1.3, 0.7, 1.1, 0.4]), torch.tensor([0.6, 1.4, 1.0, 1.8]), \
+        torch.tensor([0.3, 1.6, 1.2, 0.0]), torch.tensor([0.05, -0.1, 0.02, 0.1])
+    got = color_jitter_random_order(x, b, c, s, h, order)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(4):
+        ref = x[i]
+        for op_id in order[i].tolist():  # torchvision's ColorJitter loop over fn_idx
+            ref = ops[op_id](ref, (b, c, s, h)[op_id][i].item())
+        assert torch.allclose(got[i], ref, atol=1e-5), i
+    # the order matters: brightness before contrast is not contrast before brightness
+    swapped = order[:, [1, 0, 2, 3]]
+    assert not torch.allclose(color_jitter_random_order(x, b, c, s, h, swapped), got, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])  # shrinking (antialiased), the same size, enlarging
+def test_box_crops_equal_torchvision_resized_crop_with_antialias(size):
+    x = images(3, size=40)[..., :, :36]  # 40 x 36: a non-square source
+    boxes = torch.tensor([[5.0, 3.0, 25.0, 33.0], [0.0, 0.0, 36.0, 40.0], [10.0, 2.0, 33.0, 38.0]])
+    flip = torch.tensor([False, True, False])
+    got = resized_crop_boxes(x, boxes, size, flip)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+        ref = TF.resized_crop(x[i], y0, x0, y1 - y0, x1 - x0, [size, size], antialias=True)
+        assert torch.allclose(got[i], ref.flip(-1) if flip[i] else ref, atol=1e-5), i
+
+
+def _ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = a.double().sort().values, b.double().sort().values
+    at = torch.cat([a, b]).unique()
+    return (torch.searchsorted(a, at, right=True) / len(a) - torch.searchsorted(b, at, right=True) / len(b)).abs().max().item()
+
+
+@pytest.mark.parametrize("height,width,scale", [(32, 32, (0.08, 1.0)), (30, 48, (0.2, 1.0)), (96, 96, (0.05, 0.4))])
+def test_crop_boxes_follow_torchvisions_get_params_distribution(height, width, scale):
+    """A two-sample KS test per box statistic (area, aspect, top, left) against 4,000 draws of
+    ``RandomResizedCrop.get_params``, at the 0.1 % level; the generators' clamped sampler, which
+    does not redraw boxes that stick out, fails the same test where boxes stick out often."""
+    n, ratio = 4000, (3 / 4, 4 / 3)
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    ref = torch.tensor([RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)], dtype=torch.float32)
+    top, left, h, w = ref.unbind(1)
+    boxes = random_resized_crop_boxes(n, height, width, scale, ratio, torch.zeros(1), torch.Generator().manual_seed(1))
+    assert torch.equal(boxes, boxes.round()) and (boxes[:, :2] >= 0).all()
+    assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    critical = 1.95 * (2 / n) ** 0.5  # KS critical value, alpha = 0.001, two samples of n
+    for name, ours, theirs in [("area", bw * bh, w * h), ("aspect", bw / bh, w / h), ("top", boxes[:, 1], top),
+                               ("left", boxes[:, 0], left)]:
+        assert _ks_statistic(ours, theirs) < critical, name
+    if scale[1] == 1.0:  # large boxes stick out: clamping instead of redrawing shows
+        p = crop_flip_params(n, scale, ratio, 0.5, torch.zeros(1), torch.Generator().manual_seed(1))
+        clamped_area = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1]) * height * width
+        assert _ks_statistic(clamped_area, w * h) > critical
+
+
+def test_the_fallback_is_torchvisions_centred_crop():
+    """No draw fits a 10 x 100 strip with ratio (3/4, 4/3) at scale 1: the centred fallback."""
+    boxes = random_resized_crop_boxes(5, 10, 100, (1.0, 1.0), (3 / 4, 4 / 3), torch.zeros(1))
+    top, left, h, w = RandomResizedCrop.get_params(torch.zeros(3, 10, 100), [1.0, 1.0], [3 / 4, 4 / 3])
+    assert torch.equal(boxes, torch.tensor([[left, top, left + w, top + h]], dtype=torch.float32).expand(5, 4))
 
 
 def test_grayscale_blur_solarize_match_torchvision():

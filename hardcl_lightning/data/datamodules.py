@@ -16,8 +16,8 @@ CLI, ``num_views`` is linked from the model so that it is written once.
 ``augment_on: device``: the loader yields the uint8 images (``{"raw": Tensor[B,3,H,W] uint8,
 "label", "index"}``) and the views are made after the batch reaches the accelerator
 (``on_after_batch_transfer``), batched with per-sample parameters, by the ops of
-``hardcl_lightning.data.differentiable`` on the same ``ViewSpec`` numbers; the model sees the
-training batch layout above either way.
+``hardcl_lightning.data.differentiable`` on the same ``ViewSpec`` numbers, drawn and applied as
+the CPU path's torchvision ops are; the model sees the training batch layout above either way.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from hardcl_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiViewTransform,
+    ViewSpec,
     eval_transform,
     to_uint8_tensor,
     view_specs_for,
@@ -152,8 +153,9 @@ class SSLDataModule(L.LightningDataModule):
             order) or ``val``; None takes ``val`` when there is a validation set, else ``train``.
         augment_on: ``cpu``: views cut and jittered per image with PIL in the loader workers;
             ``device``: the loader sends uint8 images and every view is made on the accelerator in
-            one batched pass (``hardcl_lightning.data.differentiable``: jitter in a fixed order,
-            YIQ hue, out-of-image crops clamped; ``docs/methods.md``).
+            one batched pass (``hardcl_lightning.data.differentiable`` with ``match_torchvision``:
+            crop boxes drawn as ``RandomResizedCrop.get_params``, antialiased resizing, jitter in
+            a random order per image, HSV hue; each op equal to torchvision's, tested).
         device_input_size: with ``augment_on: device``, each training image is resized (shorter
             side) and centre-cropped to this square on the CPU before it is sent (images of mixed
             sizes, e.g. an ImageFolder tree; crops then come from that square); None sends the
@@ -191,7 +193,7 @@ class SSLDataModule(L.LightningDataModule):
         if device_input_size is not None and device_input_size < 1:
             raise ValueError(f"device_input_size must be >= 1 or None, got {device_input_size}")
         self.augment_on, self.device_input_size = augment_on, device_input_size
-        self._device_augmentations: list[DifferentiableViewAugmentation] | None = None
+        self._device_augmentations: list[tuple[DifferentiableViewAugmentation, list[int]]] | None = None
         self.with_image = with_image
         if predict_split not in (None, "train", "val"):
             raise ValueError(f"predict_split must be 'train', 'val' or None, got {predict_split!r}")
@@ -300,13 +302,22 @@ class SSLDataModule(L.LightningDataModule):
     def device_views(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``{"raw", "label", "index"}`` -> ``{"views", "boxes", "label", "index"}`` (+ ``"image"``):
         every view of the recipe for the whole batch at once, per-sample random parameters."""
-        if self._device_augmentations is None:
-            self._device_augmentations = [DifferentiableViewAugmentation(spec, self.mean, self.std) for spec in self.view_specs]
+        if self._device_augmentations is None:  # one pass per distinct recipe: SimCLR's 2 views, HVS's 4, DINO's locals
+            groups: dict[ViewSpec, list[int]] = {}
+            for i, spec in enumerate(self.view_specs):
+                groups.setdefault(spec, []).append(i)
+            self._device_augmentations = [(DifferentiableViewAugmentation(spec, self.mean, self.std, match_torchvision=True),
+                                           indices) for spec, indices in groups.items()]
         raw = batch.pop("raw")
         x = raw.float().div_(255)
-        made = [aug(x) for aug in self._device_augmentations]
-        batch["views"] = [v for v, _ in made]
-        batch["boxes"] = torch.stack([b for _, b in made], dim=1)
+        views: list[torch.Tensor | None] = [None] * len(self.view_specs)
+        boxes: list[torch.Tensor | None] = [None] * len(self.view_specs)
+        for aug, indices in self._device_augmentations:  # the views of one recipe as one batch of len(indices) x B
+            made, made_boxes = aug(x.repeat(len(indices), 1, 1, 1) if len(indices) > 1 else x)
+            for i, view, box in zip(indices, made.chunk(len(indices)), made_boxes.chunk(len(indices))):
+                views[i], boxes[i] = view, box
+        batch["views"] = views
+        batch["boxes"] = torch.stack(boxes, dim=1)
         if self.batches_carry_image:
             if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
                 x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
