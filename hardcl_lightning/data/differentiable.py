@@ -57,6 +57,11 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
+def mean_luma(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, 1, 1] mean grayscale of each image (what contrast blends with), from the channel means."""
+    return (x.mean(dim=(2, 3)) @ torch.tensor(_GRAY, device=x.device, dtype=x.dtype)).view(-1, 1, 1, 1)
+
+
 def crop_flip_params(
     n: int, scale: tuple[float, float], ratio: tuple[float, float], flip_prob: float, like: torch.Tensor,
     generator: torch.Generator | None = None,
@@ -164,7 +169,7 @@ def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_contrast``: a blend with the image's mean luma, per-sample factor [B]."""
     f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * luma(x).mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+    return (f * x + (1 - f) * mean_luma(x)).clamp(0, 1)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -234,12 +239,10 @@ def color_jitter_random_order(
                     torch.where(ops == 2, saturation[:, None], torch.ones_like(ops, dtype=x.dtype))))
     to_mean, to_luma = ((ops == 1) * (1 - f)).T.reshape(6, -1, 1, 1, 1), ((ops == 2) * (1 - f)).T.reshape(6, -1, 1, 1, 1)
     f = f.T.reshape(6, -1, 1, 1, 1)
-    gray = torch.tensor(_GRAY, device=x.device, dtype=x.dtype)
     for i in range(6):
         if i == 3:
             x = shift_hue_hsv(x, hue)
-        mean_luma = (x.mean(dim=(2, 3)) @ gray).view(-1, 1, 1, 1)
-        x = (f[i] * x).add_(to_mean[i] * mean_luma).addcmul_(to_luma[i], luma(x)).clamp_(0, 1)
+        x = (f[i] * x).add_(to_mean[i] * mean_luma(x)).addcmul_(to_luma[i], luma(x)).clamp_(0, 1)
     return x
 
 
