@@ -13,6 +13,8 @@ with ``--tiny``). Data paths:
 - ``cpu``: views cut and jittered with PIL in ``--workers`` loader processes (``augment_on: cpu``);
 - ``device``: uint8 images to the accelerator, every view made there in one batched pass
   (``augment_on: device``);
+- ``resident``: the same views from the training set kept on the accelerator as one uint8 tensor
+  (``images_on_device: true``): the loader draws indices only;
 - ``bound``: the same steps on one pre-made batch that is already on the device, repeated: what
   the model alone costs, the floor both data paths are measured against.
 
@@ -21,8 +23,9 @@ time x (50000 / batch). Printed: a table with the ratio of each path to the boun
 
 ``--data-only``: no model; each path's batches are drawn and timed alone (``cpu``: the loader's
 PIL views; ``device``: the loader's uint8 batches and the batched views made from them, on the
-GPU when there is one, else on this CPU). Printed: views/s of both paths and their ratio, which
-says which path a machine without a GPU should use.
+GPU when there is one, else on this CPU; ``resident``: the gathers from the kept images and the
+views made from them). Printed: views/s of each path and the ratios to the cpu path, which say
+which path a machine without a GPU should use.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ ARMS = {  # name -> (config, extra CLI arguments)
     "MoCo v2": ("mocov2_cifar10", []),
     "MoCHi": ("mochi_cifar10", ["--model.mix_start_epoch=0"]),
 }
-PATHS = ("cpu", "device", "bound")
+PATHS = ("cpu", "device", "resident", "bound")
+DATA_PATHS = ("cpu", "device", "resident")
 CIFAR_TRAIN_IMAGES = 50000
 
 
@@ -73,7 +77,7 @@ def arm_args(config: str, extra: list[str], path: str, tiny: bool, root: Path | 
             f"--trainer.max_steps={steps}", "--trainer.devices=1", "--trainer.sync_batchnorm=false",
             f"--trainer.accelerator={'gpu' if gpu else 'cpu'}", f"--trainer.precision={'bf16-mixed' if gpu else '32-true'}",
             f"--data.batch_size={batch}", f"--data.num_workers={workers}",
-            f"--data.augment_on={'cpu' if path == 'cpu' else 'device'}"]
+            f"--data.augment_on={'cpu' if path == 'cpu' else 'device'}", f"--data.images_on_device={path == 'resident'}"]
     if gpu:
         args.append("--model.channels_last=true")
     if tiny:
@@ -171,11 +175,12 @@ def main() -> None:
     print(f"{machine()}; data: {'CIFAR-10 train' if root else 'Shapes10 (no CIFAR-10 archive)'}; batch {args.batch_size}; "
           f"{args.steps} timed steps after {args.warmup}; {'tiny' if args.tiny else 'CIFAR configs'}", flush=True)
     if args.data_only:
-        print("| method | cpu path views/s | device path views/s | device / cpu |")
-        print("|---|---|---|---|")
+        print("| method | cpu path views/s | device path views/s | resident path views/s | device / cpu | resident / cpu |")
+        print("|---|---|---|---|---|---|")
         for name in args.methods:
-            rate = {path: measure_data(name, path, args, root) for path in ("cpu", "device")}
-            print(f"| {name} | {rate['cpu']:.0f} | {rate['device']:.0f} | {rate['device'] / rate['cpu']:.2f} |", flush=True)
+            rate = {path: measure_data(name, path, args, root) for path in DATA_PATHS}
+            print(f"| {name} | {rate['cpu']:.0f} | {rate['device']:.0f} | {rate['resident']:.0f} | "
+                  f"{rate['device'] / rate['cpu']:.2f} | {rate['resident'] / rate['cpu']:.2f} |", flush=True)
         return
     rows = []
     for name in args.methods:

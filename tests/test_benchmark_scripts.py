@@ -110,23 +110,25 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
     assert not list(tmp_path.iterdir())  # no run files where it was started
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "ms / step" not in line]
     rows = [[c.strip() for c in r] for r in rows]
-    assert [(r[0], r[1]) for r in rows] == [(m, p) for m in ("SimCLR", "MoCHi") for p in ("cpu", "device", "bound")]
+    assert [(r[0], r[1]) for r in rows] == [(m, p) for m in ("SimCLR", "MoCHi") for p in ("cpu", "device", "resident", "bound")]
     for r in rows:
         assert float(r[3]) == pytest.approx(float(r[2]) / 1000 * (50000 // 32), rel=0.01, abs=0.1)
         if r[1] == "bound":
             assert r[4] == "1.00"
 
 
-def test_gpu_epoch_data_only_counts_every_view_of_both_paths(tmp_path):
-    """No model: a row of views/s of both paths and their ratio."""
+def test_gpu_epoch_data_only_counts_every_view_of_each_path(tmp_path):
+    """No model: a row of views/s of the three paths and their ratios to the cpu path."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--data-only", "--methods",
                           "HVS-SimCLR", "--steps", "3", "--warmup", "1", "--workers", "0"], capture_output=True, text=True,
                          timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.stdout.splitlines() if line.startswith("| HVS")]
     assert len(rows) == 1
-    cpu, device, ratio = (float(c) for c in rows[0][1:])
-    assert cpu > 0 and device > 0 and ratio == pytest.approx(device / cpu, rel=0.01, abs=0.01)
+    cpu, device, resident, device_ratio, resident_ratio = (float(c) for c in rows[0][1:])
+    assert cpu > 0 and device > 0 and resident > 0
+    assert device_ratio == pytest.approx(device / cpu, rel=0.01, abs=0.01)
+    assert resident_ratio == pytest.approx(resident / cpu, rel=0.01, abs=0.01)
 
 
 def test_gpu_suite_chooses_the_largest_epoch_count_that_fits_and_writes_its_table(tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ The ops are those of ``hardcl_lightning.data.differentiable`` with ``match_torch
 ``RandomResizedCrop.get_params``'s distribution); here: the batch layout is the CPU path's,
 recipes with known outcomes give them exactly, the boxes are the views' crops, a seed repeats
 the views, evaluation images do not change, and every tiny config trains on device-made views.
+With ``images_on_device`` the loader sends indices into the images kept on the device: the same
+batches as the loader path's, every image once an epoch, split between DDP ranks.
 """
 
 from pathlib import Path
@@ -211,3 +213,101 @@ def test_fast_dev_run_of_each_tiny_config_on_device_made_views(config, tmp_path,
     cli.trainer.fit(cli.model, cli.datamodule)
     views = len(cli.datamodule.view_specs)
     assert seen == [(False, views, (16, views))]
+
+
+def test_images_on_device_give_the_loader_paths_batches():
+    """A batch gathered from the images kept on the device is the batch the loader would have sent
+    for those indices: with one seed, the same views, boxes, labels and un-augmented images."""
+    kw = dict(num_views=4, augmentation="dino", num_local_crops=2, with_image=True, augment_on="device")
+    loader_dm, resident_dm = shapes(**kw), shapes(**kw, images_on_device=True)
+    batch = next(iter(resident_dm.train_dataloader()))
+    assert sorted(batch) == ["label", "raw_index"]  # the loader sends indices only
+    index = batch["raw_index"].clone()
+    items = [loader_dm.train_dataloader().dataset[int(i)] for i in index]
+    sent = {"raw": torch.stack([it["raw"] for it in items]), "label": torch.tensor([it["label"] for it in items]),
+            "index": index.clone()}
+    torch.manual_seed(3)
+    got = resident_dm.on_after_batch_transfer(batch, 0)
+    torch.manual_seed(3)
+    want = loader_dm.on_after_batch_transfer(sent, 0)
+    assert sorted(got) == sorted(want)
+    for key in ("boxes", "label", "index", "image"):
+        assert torch.equal(got[key], want[key]), key
+    assert all(torch.equal(a, b) for a, b in zip(got["views"], want["views"]))
+
+
+def test_images_on_device_decode_every_image_once_and_each_epoch_reshuffles():
+    dm = shapes(images_on_device=True, augment_on="device", num_workers=2)
+    loader = dm.train_dataloader()
+    made = [dm.on_after_batch_transfer(b, 0) for b in loader]
+    ref = ShapesDataModule(num_train=40, num_val=10, batch_size=8, num_workers=0, augment_on="device")
+    per_item = ref.train_dataloader().dataset
+    images = dm.resident_images(torch.device("cpu"))
+    assert images.shape == (40, 3, 32, 32) and images.dtype == torch.uint8
+    assert all(torch.equal(images[i], per_item[i]["raw"]) for i in range(40))  # the workers' decode = the per-item path
+    first = torch.cat([b["index"] for b in made])
+    assert sorted(first.tolist()) == list(range(40))  # 5 batches of 8: every image once
+    labels = torch.cat([b["label"] for b in made])
+    assert labels.tolist() == [per_item[int(i)]["label"] for i in first]
+    second = torch.cat([b["raw_index"] for b in loader])
+    assert sorted(second.tolist()) == list(range(40)) and not torch.equal(first, second)
+
+
+def test_images_on_device_refuse_what_they_cannot_hold(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="images_on_device=True keeps the images for augment_on='device', got augment_on='cpu'"):
+        shapes(images_on_device=True)
+    from PIL import Image
+
+    for i, (w, h) in enumerate([(40, 30), (32, 32), (40, 30), (32, 32)]):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        Image.fromarray((torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()).save(tmp_path / "c" / f"{i}.png")
+    kw = dict(train_dir=str(tmp_path), num_workers=0, image_size=16, augment_on="device", images_on_device=True)
+    follow = r"images of \(3, 30, 40\), but images of \(3, 32, 32\) follow; set data.init_args.device_input_size"
+    with pytest.raises(ValueError, match=follow):
+        ImageFolderDataModule(**kw, batch_size=1).train_dataloader()
+    resized = ImageFolderDataModule(**kw, batch_size=2, device_input_size=24)
+    assert resized.resident_images(torch.device("cpu")).shape == (4, 3, 24, 24)
+    monkeypatch.setattr("hardcl_lightning.data.datamodules.available_memory_bytes", lambda device: 1000)
+    with pytest.raises(ValueError, match=r"keeps 40 images of \(3, 32, 32\) uint8 \(0.00 GiB\) on cpu, more than half of its"):
+        shapes(images_on_device=True, augment_on="device").train_dataloader()
+
+
+class _RecordIndices(L.Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        path = Path(self.folder) / f"rank{trainer.global_rank}_{batch_idx}.pt"
+        torch.save({"index": batch["index"], "views": len(batch["views"]), "raw": "raw" in batch}, path)
+
+
+def test_images_on_device_split_an_epoch_between_two_ddp_processes(tmp_path):
+    """Under DDP (2 gloo processes) Lightning's distributed sampler still splits the index loader:
+    the ranks train on disjoint halves of the images, each from its own copy on its device."""
+    from hardcl_lightning.methods import SimCLR
+
+    dm = ShapesDataModule(num_train=64, num_val=10, batch_size=8, num_workers=0, augment_on="device", images_on_device=True)
+    model = SimCLR(backbone="resnet_tiny", cifar_stem=True, proj_hidden_dim=16, proj_output_dim=8, optimizer="adamw",
+                   lr=1e-3, batch_size=8)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[_RecordIndices(tmp_path)], default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    seen = {r: [torch.load(p) for p in sorted(tmp_path.glob(f"rank{r}_*.pt"))] for r in (0, 1)}
+    assert [len(seen[r]) for r in (0, 1)] == [4, 4]  # 64 images / 2 ranks / batch 8
+    assert all(s["views"] == 2 and not s["raw"] for r in (0, 1) for s in seen[r])
+    halves = [torch.cat([s["index"] for s in seen[r]]) for r in (0, 1)]
+    assert sorted(torch.cat(halves).tolist()) == list(range(64))
+
+
+def test_fast_dev_run_with_images_kept_on_the_device(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["hardcl"])
+    for config in ("hvs_simclr", "mochi", "hard_sample_gen"):
+        cli = build_cli(["--config", str(Path(__file__).parents[1] / "configs" / "tiny" / f"{config}.yaml"),
+                         "--trainer.fast_dev_run=true", "--trainer.logger=false", "--data.augment_on=device",
+                         "--data.images_on_device=true", "--data.num_workers=0", "--data.num_train=64",
+                         "--data.num_val=32", "--data.batch_size=16"], run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        assert cli.datamodule.resident_images(torch.device("cpu")).shape == (64, 3, 32, 32), config
+        assert cli.trainer.global_step >= 1, config

@@ -18,10 +18,14 @@ CLI, ``num_views`` is linked from the model so that it is written once.
 (``on_after_batch_transfer``), batched with per-sample parameters, by the ops of
 ``hardcl_lightning.data.differentiable`` on the same ``ViewSpec`` numbers, drawn and applied as
 the CPU path's torchvision ops are; the model sees the training batch layout above either way.
+With ``images_on_device`` the training set is decoded once into one uint8 tensor kept on the
+accelerator, and the loader yields only ``{"raw_index", "label"}``: the images of a batch are a
+gather there.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -80,6 +84,48 @@ def collate_raw_images(items: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"augment_on='device' batches raw images, but this batch has sizes {sorted(sizes)}; set "
                          "data.init_args.device_input_size (e.g. 256) to resize them to one size on the CPU")
     return default_collate(items)
+
+
+class TrainIndexDataset(Dataset):
+    """Training items when the images live on the accelerator (``images_on_device``): a batch is
+    ``{"raw_index": Tensor[B], "label": Tensor[B]}``, fetched at once (``__getitems__``), so a step
+    costs the loader no per-image work; the datamodule gathers the images where the batch lands."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"raw_index": i, "label": int(self.labels[i])}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {"raw_index": index, "label": self.labels[index]}
+
+
+def collate_index_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``TrainIndexDataset.__getitems__`` already returns the batch."""
+    return batch
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (an accelerator's, or the host's for the CPU), None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def check_fits(need: int, device: torch.device, what: str) -> None:
+    """Raise when ``need`` bytes would take more than half of ``device``'s free memory."""
+    free = available_memory_bytes(device)
+    if free is not None and need > free // 2:
+        raise ValueError(f"images_on_device keeps {what} ({need / 2**30:.2f} GiB) on {device}, more than half of its "
+                         f"{free / 2**30:.2f} GiB free; set data.init_args.images_on_device=false (the loader then sends "
+                         "each batch), or a smaller device_input_size")
 
 
 class MultiViewDataset(Dataset):
@@ -160,6 +206,11 @@ class SSLDataModule(L.LightningDataModule):
             side) and centre-cropped to this square on the CPU before it is sent (images of mixed
             sizes, e.g. an ImageFolder tree; crops then come from that square); None sends the
             images as they are, which must share one size (CIFAR, STL-10, Shapes10).
+        images_on_device: with ``augment_on: device``, decode the training set once (in the loader
+            workers) into one uint8 tensor [N, 3, H, W] kept on the accelerator (CIFAR-10: 154 MB;
+            N x 3 x H x W bytes, refused when over half the free memory): a step then costs the
+            loader nothing but drawing indices, and the images of a batch are a gather there. For
+            sets of one image size (or with ``device_input_size``).
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -186,13 +237,19 @@ class SSLDataModule(L.LightningDataModule):
         predict_split: str | None = None,
         augment_on: str = "cpu",
         device_input_size: int | None = None,
+        images_on_device: bool = False,
     ) -> None:
         super().__init__()
         if augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {augment_on!r}")
         if device_input_size is not None and device_input_size < 1:
             raise ValueError(f"device_input_size must be >= 1 or None, got {device_input_size}")
-        self.augment_on, self.device_input_size = augment_on, device_input_size
+        if images_on_device and augment_on != "device":
+            raise ValueError(f"images_on_device=True keeps the images for augment_on='device', got augment_on={augment_on!r}; "
+                             "set augment_on: device, or images_on_device: false")
+        self.augment_on, self.device_input_size, self.images_on_device = augment_on, device_input_size, images_on_device
+        self._resident_images: torch.Tensor | None = None  # images_on_device: [N, 3, H, W] uint8
+        self._resident_labels: torch.Tensor | None = None
         self._device_augmentations: list[tuple[DifferentiableViewAugmentation, list[int]]] | None = None
         self.with_image = with_image
         if predict_split not in (None, "train", "val"):
@@ -256,17 +313,19 @@ class SSLDataModule(L.LightningDataModule):
         """Why the online kNN / probe are off, for their one message."""
         return f"{type(self).__name__} has no labelled validation set"
 
-    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None, collate_fn=None) -> DataLoader:
+    def _loader(self, ds: Dataset, shuffle: bool, drop_last: bool, batch_size: int | None = None, collate_fn=None,
+                num_workers: int | None = None) -> DataLoader:
+        workers = self.num_workers if num_workers is None else num_workers
         return DataLoader(
             ds,
             collate_fn=collate_fn,
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=init_worker if self.num_workers > 0 else None,
+            persistent_workers=workers > 0,
+            worker_init_fn=init_worker if workers > 0 else None,
         )
 
     def train_transform(self) -> MultiViewTransform:
@@ -285,6 +344,10 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # drop_last: contrastive losses gather equal-sized batches across ranks
+        if self.augment_on == "device" and self.images_on_device:
+            self.decode_training_images()
+            return self._loader(TrainIndexDataset(self._resident_labels), shuffle=True, drop_last=True,  # type: ignore[arg-type]
+                                collate_fn=collate_index_batch, num_workers=0)  # no per-image work for workers to share
         if self.augment_on == "device":
             return self._loader(RawImageDataset(self._train, self.device_input_size), shuffle=True, drop_last=True,
                                 collate_fn=collate_raw_images)
@@ -292,8 +355,40 @@ class SSLDataModule(L.LightningDataModule):
         train = MultiViewDataset(self._train, self.train_transform(), image_transform)
         return self._loader(train, shuffle=True, drop_last=True)
 
+    def decode_training_images(self) -> None:
+        """``images_on_device``: the training set as one uint8 tensor [N, 3, H, W] and its labels [N],
+        decoded once by the loader workers (kept on the host until the first batch names a device)."""
+        self.setup()
+        if self._resident_images is not None:
+            return
+        raw = RawImageDataset(self._train, self.device_input_size)  # type: ignore[arg-type]
+        shape = tuple(raw[0]["raw"].shape)
+        check_fits(len(raw) * math.prod(shape), torch.device("cpu"), f"{len(raw)} images of {shape} uint8")
+        images = torch.empty((len(raw), *shape), dtype=torch.uint8)
+        labels = torch.empty(len(raw), dtype=torch.long)
+        for batch in self._loader(raw, shuffle=False, drop_last=False, collate_fn=collate_raw_images):
+            if tuple(batch["raw"].shape[1:]) != shape:
+                raise ValueError(f"images_on_device keeps one tensor of images of {shape}, but images of "
+                                 f"{tuple(batch['raw'].shape[1:])} follow; set data.init_args.device_input_size")
+            images[batch["index"]], labels[batch["index"]] = batch["raw"], batch["label"]
+        self._resident_images, self._resident_labels = images, labels
+
+    def resident_images(self, device: torch.device) -> torch.Tensor:
+        """The training images on ``device`` (moved there once, the host copy then dropped)."""
+        if self._resident_images is None:
+            self.decode_training_images()
+        images = self._resident_images
+        if images.device != device:  # type: ignore[union-attr]
+            check_fits(images.numel(), device, f"{images.shape[0]} images of {tuple(images.shape[1:])} uint8")  # type: ignore[union-attr]
+            self._resident_images = images = images.to(device)  # type: ignore[union-attr]
+        return images  # type: ignore[return-value]
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Device augmentation: a batch of raw images becomes the training layout where it now lives."""
+        """Device augmentation: a batch of raw images (or, with ``images_on_device``, of indices into
+        the images kept there) becomes the training layout where it now lives."""
+        if isinstance(batch, dict) and "raw_index" in batch:
+            index = batch.pop("raw_index")
+            batch["raw"], batch["index"] = self.resident_images(index.device)[index], index
         if isinstance(batch, dict) and "raw" in batch:
             return self.device_views(batch)
         return batch
