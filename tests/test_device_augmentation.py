@@ -9,6 +9,7 @@ With ``images_on_device`` the loader sends indices into the images kept on the d
 batches as the loader path's, every image once an epoch, split between DDP ranks.
 """
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -267,6 +268,10 @@ def test_images_on_device_refuse_what_they_cannot_hold(tmp_path, monkeypatch):
         ImageFolderDataModule(**kw, batch_size=1).train_dataloader()
     resized = ImageFolderDataModule(**kw, batch_size=2, device_input_size=24)
     assert resized.resident_images(torch.device("cpu")).shape == (4, 3, 24, 24)
+    from hardcl_lightning.data.datamodules import available_memory_bytes
+
+    free = available_memory_bytes(torch.device("cpu"))  # the host's: some, and no more than it has
+    assert 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     monkeypatch.setattr("hardcl_lightning.data.datamodules.available_memory_bytes", lambda device: 1000)
     with pytest.raises(ValueError, match=r"keeps 40 images of \(3, 32, 32\) uint8 \(0.00 GiB\) on cpu, more than half of its"):
         shapes(images_on_device=True, augment_on="device").train_dataloader()

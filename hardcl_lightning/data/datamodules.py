@@ -111,10 +111,20 @@ def collate_index_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
-    """Free memory of ``device`` (an accelerator's, or the host's for the CPU), None when unknown."""
+    """Free memory of ``device``: an accelerator's, or for the CPU the host's ``MemAvailable`` (what
+    can be had without swapping, page cache included); None when unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return None
 
