@@ -16,7 +16,7 @@ with ``--tiny``). Data paths:
 - ``resident``: the same views from the training set kept on the accelerator as one uint8 tensor
   (``images_on_device: true``): the loader draws indices only;
 - ``bound``: the same steps on one pre-made batch that is already on the device, repeated: what
-  the model alone costs, the floor both data paths are measured against.
+  the model alone costs, the floor the data paths are measured against.
 
 Each arm trains ``--steps`` timed steps after ``--warmup`` steps; seconds per epoch = median step
 time x (50000 / batch). Printed: a table with the ratio of each path to the bound.

@@ -11,8 +11,8 @@ ResNet-18 with CIFAR stem, the recipe's optimiser, LR, heads, augmentations) on 
 training images of ``data/cifar10-jpg.tar.gz`` (or ``$HARDCL_CIFAR10_TAR``), with the schedule
 shortened to E epochs (warm-up E/10, the cosine over E; MoCHi mixes from epoch E/10), bf16,
 channels_last, views made on the device from the training images kept there (``augment_on: device``,
-``images_on_device``), seed 0 for every arm. kNN (k=200,
-T=0.07, bank = the training images) on the 10,000 test images every ``--eval-every`` epochs.
+``images_on_device``), seed 0 for every arm. kNN (k=200, T=0.07, bank = the training images) on
+the 10,000 test images every ``--eval-every`` epochs.
 
 The generator suite is ``benchmarks/hard_sample_gen.py``'s arms at ResNet-18 scale, seed 0, on one
 class-balanced ``--fraction`` of the training images (the data-efficiency setting): a GAN
