@@ -77,6 +77,14 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / dist.get_world_size()
 
 
+def random_permutation(n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``torch.randperm(n)`` on ``device``: drawn there (a blocking copy from the host would wait for
+    every queued kernel), or on ``generator``'s device and copied without blocking."""
+    if generator is None:
+        return torch.randperm(n, device=device)
+    return torch.randperm(n, generator=generator, device=generator.device).to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def shuffled_batch_forward(fn, x: torch.Tensor, groups: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
     """``fn(x)`` with BatchNorm statistics from a random sub-batch: MoCo's shuffle-BN (He et al. 2020, sec. 3.3).
@@ -95,7 +103,7 @@ def shuffled_batch_forward(fn, x: torch.Tensor, groups: int = 1, generator: torc
         x_all = gather_no_grad(x)
         if x_all.shape[0] != world * b:
             raise ValueError(f"shuffle-BN needs the same batch on every rank; got {x_all.shape[0]} rows over {world} ranks of {b}")
-        perm = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
+        perm = random_permutation(x_all.shape[0], x.device, generator)
         dist.broadcast(perm, src=0)
         out = gather_no_grad(fn(x_all[perm[r * b:(r + 1) * b]]))
         return out[torch.argsort(perm)][r * b:(r + 1) * b]
@@ -104,6 +112,6 @@ def shuffled_batch_forward(fn, x: torch.Tensor, groups: int = 1, generator: torc
     groups = max(1, min(groups, x.shape[0] // 2))  # BatchNorm needs 2 samples a sub-batch
     if groups == 1:
         return fn(x)
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    perm = random_permutation(x.shape[0], x.device, generator)
     out = torch.cat([fn(chunk) for chunk in x[perm].tensor_split(groups)])  # a few sub-batches, not samples
     return out[torch.argsort(perm)]

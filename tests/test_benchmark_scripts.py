@@ -291,3 +291,12 @@ def test_results_table_replaces_only_its_own_section(tmp_path, monkeypatch):
     text = path.read_text()
     assert "another script's table" in text and text.count("# Results on real CIFAR-10 (small CPU schedule)") == 1
     assert "| SimCLR |" in text
+
+
+def test_host_sync_prints_each_recipes_round_trips_and_kernels():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "host_sync.py"), "--recipes", "simclr_cifar10", "hvs_simclr",
+                          "--batch-size", "16"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for recipe in ("simclr_cifar10", "hvs_simclr"):
+        row = re.search(rf"^\| {recipe} \| (\d+) \| 0 \| (\d+) \| 1 _local_scalar_dense at base\.py:\d+ \|$", out.stdout, re.M)
+        assert row and int(row.group(1)) > 100 and int(row.group(2)) > 200, out.stdout  # a ResNet-18 step: hundreds

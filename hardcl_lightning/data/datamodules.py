@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from hardcl_lightning.checkpointing import ignore_stop_signals_in_worker
-from hardcl_lightning.data.differentiable import DifferentiableViewAugmentation
+from hardcl_lightning.data.differentiable import DifferentiableViewAugmentation, device_constant
 from hardcl_lightning.data.procedural import ShapesDataset
 from hardcl_lightning.data.transforms import (
     CIFAR_MEAN,
@@ -427,9 +427,7 @@ class SSLDataModule(L.LightningDataModule):
             if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
                 x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                                     antialias=True, align_corners=False)
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            batch["image"] = (x - mean) / std
+            batch["image"] = (x - device_constant(self.mean, x, (1, 3, 1, 1))) / device_constant(self.std, x, (1, 3, 1, 1))
         return batch
 
     def val_dataloader(self) -> DataLoader | list:

@@ -40,7 +40,21 @@ _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 # each channel's offset n in the closed-form HSV -> RGB of shift_hue_hsv
-_CHANNEL_OFFSET = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+_CHANNEL_OFFSET = (5.0, 3.0, 1.0)
+_ON_DEVICE: dict[tuple, torch.Tensor] = {}
+
+
+def device_constant(values: Sequence[float] | torch.Tensor, like: torch.Tensor, shape: Sequence[int] = (-1,)) -> torch.Tensor:
+    """``values`` as a tensor of ``shape`` on ``like``'s device and dtype, copied there once per
+    device and dtype. Why: a blocking host-to-device copy waits for every kernel queued before it,
+    so a constant copied afresh in each op of a batch stalls the accelerator that often (the view
+    recipe had 16 such copies per batch)."""
+    flat = tuple(values.flatten().tolist()) if torch.is_tensor(values) else tuple(float(v) for v in values)
+    key = (flat, tuple(shape), like.device, like.dtype)
+    constant = _ON_DEVICE.get(key)
+    if constant is None:
+        constant = _ON_DEVICE[key] = torch.tensor(flat, dtype=like.dtype).view(*shape).to(like.device)
+    return constant
 
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -53,13 +67,12 @@ def _bernoulli(n: int, p: float, like: torch.Tensor, generator: torch.Generator 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W] grayscale of [B, 3, H, W] images."""
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return (x * device_constant(_GRAY, x, (1, 3, 1, 1))).sum(1, keepdim=True)
 
 
 def mean_luma(x: torch.Tensor) -> torch.Tensor:
     """[B, 1, 1, 1] mean grayscale of each image (what contrast blends with), from the channel means."""
-    return (x.mean(dim=(2, 3)) @ torch.tensor(_GRAY, device=x.device, dtype=x.dtype)).view(-1, 1, 1, 1)
+    return (x.mean(dim=(2, 3)) @ device_constant(_GRAY, x)).view(-1, 1, 1, 1)
 
 
 def crop_flip_params(
@@ -183,7 +196,7 @@ def rotate_hue_yiq(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     unlike the HSV shift, whose hue is undefined at grey pixels (the generators' choice)."""
     angle = hue * 2 * math.pi
     cos, sin = angle.cos(), angle.sin()
-    rgb2yiq, yiq2rgb = _RGB2YIQ.to(x), _YIQ2RGB.to(x)
+    rgb2yiq, yiq2rgb = device_constant(_RGB2YIQ, x, (3, 3)), device_constant(_YIQ2RGB, x, (3, 3))
     rot = torch.zeros(x.shape[0], 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
@@ -204,7 +217,7 @@ def shift_hue_hsv(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     chroma = maxc - torch.minimum(torch.minimum(r, g), b)
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     h6 = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    k = (h6.unsqueeze(1) + _CHANNEL_OFFSET.to(x) + 6 * hue.view(-1, 1, 1, 1)).remainder(6)
+    k = (h6.unsqueeze(1) + device_constant(_CHANNEL_OFFSET, x, (1, 3, 1, 1)) + 6 * hue.view(-1, 1, 1, 1)).remainder(6)
     return maxc.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
@@ -282,8 +295,7 @@ class DifferentiableViewAugmentation:
 
     def __init__(self, spec: ViewSpec, mean: Sequence[float], std: Sequence[float], match_torchvision: bool = False) -> None:
         self.spec, self.match_torchvision = spec, match_torchvision
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Views [B, 3, size, size] (normalised) and crop boxes [B, 4] ``(x0, y0, x1, y1)`` in input pixels."""
@@ -294,7 +306,7 @@ class DifferentiableViewAugmentation:
         else:
             params = crop_flip_params(n, s.crop_scale, s.crop_ratio, s.flip_prob, x, generator)
             out = resized_crop(x, params, s.size)
-            boxes = params[:, :4] * torch.tensor([x.shape[-1], x.shape[-2]] * 2, device=x.device, dtype=x.dtype)
+            boxes = params[:, :4] * device_constant([x.shape[-1], x.shape[-2]] * 2, x)
         if s.jitter_prob > 0:
             on = _bernoulli(n, s.jitter_prob, x, generator)
             # ColorJitter's factor ranges: [max(0, 1 - m), 1 + m] (m = 0: the identity)
@@ -316,7 +328,7 @@ class DifferentiableViewAugmentation:
             sol = _bernoulli(n, s.solarize_prob, x, generator).view(-1, 1, 1, 1)
             threshold = 128 / 255 if self.match_torchvision else 0.5  # RandomSolarize(threshold=128) on uint8
             out = sol * torch.where(out >= threshold, 1 - out, out) + (1 - sol) * out
-        out = (out - self.mean.to(out)) / self.std.to(out)
+        out = (out - device_constant(self.mean, out, (1, 3, 1, 1))) / device_constant(self.std, out, (1, 3, 1, 1))
         return out, boxes
 
 

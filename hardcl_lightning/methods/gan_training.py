@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from hardcl_lightning.checkpointing import ResumableState
+from hardcl_lightning.data.differentiable import device_constant
 from hardcl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hardcl_lightning.gan import GAN, GANOptions, gan_options
 from hardcl_lightning.methods.base import NonFiniteLossGuard, sync_lambda_schedules
@@ -81,6 +82,12 @@ class AdversarialTraining:
         std = self.gan_options.pixel_std or getattr(dm, "std", None) or IMAGENET_STD
         return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
+    def pixel_stats_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``resolve_pixel_stats`` on ``x``'s device and dtype, copied there once (per step would
+        stall the accelerator)."""
+        mean, std = self.resolve_pixel_stats()
+        return device_constant(mean, x, (1, 3, 1, 1)), device_constant(std, x, (1, 3, 1, 1))
+
     def real_pixels(self, batch: dict[str, Any]) -> torch.Tensor:
         if "image" not in batch:
             raise ValueError(
@@ -88,8 +95,8 @@ class AdversarialTraining:
                 "use a hardcl_lightning datamodule (it adds one automatically) or set data.init_args.with_image: true"
             )
         x = batch["image"]
-        mean, std = self.resolve_pixel_stats()
-        return (x * std.to(x) + mean.to(x)).clamp(0, 1)
+        mean, std = self.pixel_stats_like(x)
+        return (x * std + mean).clamp(0, 1)
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """What the generator optimiser trains (methods with a second generator add it)."""

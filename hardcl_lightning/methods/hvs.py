@@ -73,12 +73,13 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def gather_per_sample(tensors: dict[int, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-    """Row b of ``tensors[index[b]]`` for every b: a masked copy per candidate, no stacked copy of all N."""
+    """Row b of ``tensors[index[b]]`` for every b: one select per candidate, no stacked copy of all N.
+    ``torch.where``, not boolean-mask indexing, whose data-dependent size makes the host wait for
+    the accelerator."""
     keys = list(tensors)
-    out = tensors[keys[0]].clone()
+    out = tensors[keys[0]]
     for k in keys[1:]:
-        mask = index == k
-        out[mask] = tensors[k][mask]
+        out = torch.where((index == k).view(-1, *[1] * (out.dim() - 1)), tensors[k], out)
     return out
 
 
@@ -204,10 +205,10 @@ class HardViewSelectionMixin:
         if self.selection_rule == "min_iou":
             if boxes is None:
                 raise ValueError("selection_rule 'min_iou' needs the crop boxes of the candidates (batch['boxes'])")
-            scores, outs = -pair_ious(boxes.to(candidates[0].device).float(), pairs.to(candidates[0].device)), None
+            scores, outs = -pair_ious(boxes.to(candidates[0].device).float(), pairs.to(candidates[0].device, non_blocking=True)), None
         else:
             scores, outs = self.score_candidates(candidates, pairs, self.sample_info(batch))  # type: ignore[attr-defined]
-        pairs = pairs.to(scores.device)
+        pairs = pairs.to(scores.device, non_blocking=True)  # a few bytes; blocking would wait for the queued kernels
         idx_a, idx_b, best = select_hardest(scores, pairs)
         all_candidates = dict(enumerate(candidates))
         view_a, view_b = gather_per_sample(all_candidates, idx_a), gather_per_sample(all_candidates, idx_b)
@@ -251,7 +252,9 @@ class HardViewSelectionMixin:
             is_min_iou = iou_sel <= pair_ious(boxes, pairs).min(dim=0).values + 1e-6
             metrics.update({"hard/hvs_iou_selected": iou_sel.mean(), "hard/hvs_iou_random": iou_rand.mean(),
                             "hard/hvs_selected_is_min_iou": is_min_iou.float().mean()})
-        wins = torch.bincount(torch.cat([idx_a, idx_b]), minlength=self.num_views).float() / b  # type: ignore[attr-defined]
+        # how often each candidate is chosen (scatter_add: CUDA's bincount reads its input's maximum on the host)
+        chosen = torch.cat([idx_a, idx_b])
+        wins = scores.new_zeros(self.num_views).scatter_add_(0, chosen, scores.new_ones(chosen.shape)) / b  # type: ignore[attr-defined]
         metrics.update({f"hard/hvs_win_frac_{k}": w for k, w in enumerate(wins)})
         self.log_dict(metrics, on_step=True, on_epoch=True)  # type: ignore[attr-defined]
         self.last_selection = {"index_a": idx_a.detach(), "index_b": idx_b.detach(), "scores": scores.detach()}

@@ -162,11 +162,11 @@ class MoCoV2(MomentumMethod):
         n = keys.shape[0]
         if n > self.queue_size:
             raise ValueError(f"a step's {n} keys do not fit in queue_size {self.queue_size}")
-        ptr = int(self.queue_ptr)
-        idx = (torch.arange(n, device=keys.device) + ptr) % self.queue_size
+        # the pointer stays on the device: reading it on the host would wait for every queued kernel
+        idx = (torch.arange(n, device=self.queue_ptr.device) + self.queue_ptr) % self.queue_size
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_index[idx] = index.to(self.queue_index.device)
-        self.queue_ptr.fill_((ptr + n) % self.queue_size)
+        self.queue_ptr.add_(n).remainder_(self.queue_size)
 
     def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
         self.enqueue(outs[0]["k"], outs[0].get("index"))

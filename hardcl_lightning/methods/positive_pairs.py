@@ -216,9 +216,9 @@ class PositivePairMixin(HardSampleMixin):
         """Per-pair cosine [n] in ``sim_space`` (embedding: the main model's backbone features)."""
         if self.sim_space == "pixel":
             return pixel_cosine(a, b)
-        mean, std = self.resolve_pixel_stats()
-        norm = lambda x: (x - mean.to(x)) / std.to(x)  # noqa: E731
-        feats = self.backbone(norm(torch.cat([a, b])))  # type: ignore[attr-defined]
+        x = torch.cat([a, b])
+        mean, std = self.pixel_stats_like(x)  # type: ignore[attr-defined]
+        feats = self.backbone((x - mean) / std)  # type: ignore[attr-defined]
         fa, fb = feats.float().chunk(2)
         return F.cosine_similarity(fa, fb, dim=1)
 
