@@ -40,35 +40,41 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One step of every group, as a few multi-tensor (``torch._foreach_*``) ops per group
+        rather than a dozen kernels per parameter: on a GPU a ResNet-18's LARS step is otherwise
+        hundreds of launches, more host time than the layers' own kernels take on the device."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if not group["lars_exclude"]:
-                    if group["weight_decay"] != 0:
-                        d_p = d_p.add(p, alpha=group["weight_decay"])
-                    w_norm = torch.norm(p)
-                    g_norm = torch.norm(p.grad)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        group["eta"] * w_norm / (g_norm + group["weight_decay"] * w_norm),
-                        torch.ones_like(w_norm),
-                    )
-                    if group["clip_lr"]:
-                        trust = torch.clamp(trust / group["lr"], max=1.0) if group["lr"] > 0 else trust
-                    d_p = d_p * trust
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = torch.clone(d_p).detach()
-                else:
-                    buf.mul_(group["momentum"]).add_(d_p)
-                step = d_p.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                p.add_(step, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            if not group["lars_exclude"]:
+                w_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / (g_norm + wd * w_norm),
+                                    torch.ones_like(w_norm))
+                if group["clip_lr"] and lr > 0:
+                    trust = torch.clamp(trust / lr, max=1.0)
+                if wd != 0:
+                    grads = torch._foreach_add(grads, params, alpha=wd)
+                grads = torch._foreach_mul(grads, list(trust.unbind()))  # each layer's own ratio
+            states = [self.state[p] for p in params]
+            running = [i for i, st in enumerate(states) if "momentum_buffer" in st]
+            if running:
+                old = [states[i]["momentum_buffer"] for i in running]
+                torch._foreach_mul_(old, momentum)
+                torch._foreach_add_(old, [grads[i] for i in running])
+            for st, d_p in zip(states, grads):  # a parameter's first step: its buffer is the step
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.clone(d_p).detach()
+            bufs = [st["momentum_buffer"] for st in states]
+            steps = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+            torch._foreach_add_(params, steps, alpha=-lr)
         return loss
 
 

@@ -74,3 +74,51 @@ def test_lars_clip_lr_reaches_the_optimizer_from_the_method_and_the_solo_learn_c
         for _, data in config_chain(configs / f"{name}.yaml"):  # a composed config: its base recipe, then itself
             args.update(data.get("model", {}).get("init_args", {}))
         assert args["optimizer"] == "lars" and args["lars_clip_lr"] is True, name
+
+
+def reference_lars_step(params, grads, bufs, lr, momentum, wd, eta, clip, nesterov, exclude):
+    """You et al. 2017's LARS step (LARC's clipping with ``clip``), one parameter at a time in
+    Python floats: the independent reference of the multi-tensor implementation."""
+    new_params = []
+    for i, (w, g) in enumerate(zip(params, grads)):
+        if g is None:
+            new_params.append(w.clone())
+            continue
+        d = g.clone()
+        if not exclude:
+            w_norm, g_norm = float(w.norm()), float(g.norm())
+            trust = eta * w_norm / (g_norm + wd * w_norm) if w_norm > 0 and g_norm > 0 else 1.0
+            if clip:
+                trust = min(trust / lr, 1.0)
+            d = (g + wd * w) * trust
+        bufs[i] = d.clone() if bufs[i] is None else momentum * bufs[i] + d
+        new_params.append(w - lr * (d + momentum * bufs[i] if nesterov else bufs[i]))
+    return new_params
+
+
+@pytest.mark.parametrize("clip, nesterov", [(False, False), (True, False), (False, True), (True, True)])
+def test_lars_matches_the_per_parameter_reference_over_several_steps(clip, nesterov):
+    """Layers of different shapes and gradient scales, a zero weight (trust ratio 1), a parameter
+    without a gradient on the first step, a no-decay group; the gradients are left as they were."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 3, 3, 3), (16, 8), (5,)]
+    decay = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes] + [torch.nn.Parameter(torch.zeros(4, 4))]
+    no_decay = [torch.nn.Parameter(torch.randn(6, generator=g)), torch.nn.Parameter(torch.randn(3, generator=g))]
+    lr, momentum, wd, eta = 0.3, 0.9, 5e-4, 0.02
+    opt = LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}], lr=lr,
+               momentum=momentum, weight_decay=wd, eta=eta, clip_lr=clip, nesterov=nesterov)
+    ref = {"decay": [p.detach().clone() for p in decay], "no_decay": [p.detach().clone() for p in no_decay]}
+    bufs = {"decay": [None] * len(decay), "no_decay": [None] * len(no_decay)}
+    for step in range(4):
+        for k, p in enumerate(decay + no_decay):
+            p.grad = None if (step == 0 and k == 1) else torch.randn(p.shape, generator=g) * 10.0 ** (k - 2)
+        grads = {"decay": [None if p.grad is None else p.grad.clone() for p in decay],
+                 "no_decay": [p.grad.clone() for p in no_decay]}
+        opt.step()
+        ref["decay"] = reference_lars_step(ref["decay"], grads["decay"], bufs["decay"], lr, momentum, wd, eta, clip, nesterov, False)
+        ref["no_decay"] = reference_lars_step(ref["no_decay"], grads["no_decay"], bufs["no_decay"], lr, momentum, 0.0, eta, clip,
+                                              nesterov, True)
+        for name, group in (("decay", decay), ("no_decay", no_decay)):
+            for p, want, grad in zip(group, ref[name], grads[name]):
+                assert torch.allclose(p.detach(), want, rtol=1e-5, atol=1e-6), (step, name)
+                assert grad is None or torch.equal(p.grad, grad)  # the step does not write the gradient
