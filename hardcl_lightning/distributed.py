@@ -10,8 +10,13 @@ is the classic 1/world_size bug.
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+
+from hardcl_lightning.batchnorm import batchnorm_per_sub_batch
 
 
 def is_dist() -> bool:
@@ -86,16 +91,20 @@ def random_permutation(n: int, device: torch.device, generator: torch.Generator 
 
 
 @torch.no_grad()
-def shuffled_batch_forward(fn, x: torch.Tensor, groups: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``fn(x)`` with BatchNorm statistics from a random sub-batch: MoCo's shuffle-BN (He et al. 2020, sec. 3.3).
+def shuffled_batch_forward(encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, groups: int = 1,
+                           generator: torch.Generator | None = None, modules: Sequence[nn.Module] = ()) -> torch.Tensor:
+    """``encoder(x)`` with BatchNorm statistics from a random sub-batch: MoCo's shuffle-BN (He et al. 2020, sec. 3.3).
 
     Under DDP (more than one rank), as ``facebookresearch/moco``'s ``_batch_shuffle_ddp``: the
     global batch is gathered, permuted (rank 0 draws the permutation and broadcasts it), each rank
-    runs ``fn`` on its slice of the shuffled batch, and the outputs are gathered and put back in
+    runs ``encoder`` on its slice of the shuffled batch, and the outputs are gathered and put back in
     order, so a sample's key is normalised with statistics of other samples than its query.
-    On one process the batch is permuted and ``fn`` runs on ``groups`` sub-batches (sizes differ
-    by at most one, at least 2 samples each; the single-device equivalent, ``groups`` = the GPUs the statistics would be
-    split over: 8 in the paper).
+    On one process the batch is permuted and split into ``groups`` sub-batches (sizes differ by
+    at most one, at least 2 samples each; ``groups`` = the GPUs the statistics would be split
+    over: 8 in the paper), each normalised with its own statistics, in one forward: every
+    BatchNorm of ``modules`` (and of ``encoder`` if it is a module) takes per-sub-batch
+    statistics (``batchnorm_per_sub_batch``), which equals a forward of each sub-batch for an
+    encoder in which only BatchNorm mixes samples (a CNN, its MLP head).
     No gradient (keys are targets). ``generator`` draws the permutation (tests).
     """
     if is_dist() and dist.get_world_size() > 1:
@@ -105,13 +114,33 @@ def shuffled_batch_forward(fn, x: torch.Tensor, groups: int = 1, generator: torc
             raise ValueError(f"shuffle-BN needs the same batch on every rank; got {x_all.shape[0]} rows over {world} ranks of {b}")
         perm = random_permutation(x_all.shape[0], x.device, generator)
         dist.broadcast(perm, src=0)
-        out = gather_no_grad(fn(x_all[perm[r * b:(r + 1) * b]]))
+        out = gather_no_grad(encoder(x_all[perm[r * b:(r + 1) * b]]))
         return out[torch.argsort(perm)][r * b:(r + 1) * b]
     if groups < 1:
         raise ValueError(f"shuffle-BN needs groups >= 1, got {groups}")
     groups = max(1, min(groups, x.shape[0] // 2))  # BatchNorm needs 2 samples a sub-batch
     if groups == 1:
-        return fn(x)
-    perm = random_permutation(x.shape[0], x.device, generator)
-    out = torch.cat([fn(chunk) for chunk in x[perm].tensor_split(groups)])  # a few sub-batches, not samples
-    return out[torch.argsort(perm)]
+        return encoder(x)
+    modules = [*modules, encoder] if isinstance(encoder, nn.Module) else list(modules)
+    if not modules:
+        raise ValueError("shuffle-BN over sub-batches needs the modules whose BatchNorms to split: pass modules=")
+    order = sub_batches_interleaved(random_permutation(x.shape[0], x.device, generator), groups)
+    with batchnorm_per_sub_batch(modules, groups):
+        out = encoder(x[order])
+    return out[torch.argsort(order)]
+
+
+def sub_batches_interleaved(perm: torch.Tensor, groups: int) -> torch.Tensor:
+    """``perm`` reordered so that its ``tensor_split(groups)`` chunk ``g`` (one rank's slice under
+    DDP) sits at the rows ``g, g + groups, ...``, the sub-batch that ``sub_batch_norm`` gives
+    statistics of its own; the same sub-batches as ``groups`` ranks, in one tensor. On the device."""
+    n = perm.shape[0]
+    q, rem = divmod(n, groups)  # the first `rem` chunks hold q + 1 rows, the others q
+    position = torch.arange(n, device=perm.device)
+    in_long = position < rem * (q + 1)
+    tail = position - rem * (q + 1)
+    chunk = torch.where(in_long, position // (q + 1), rem + tail.div(q, rounding_mode="floor"))
+    row = torch.where(in_long, position % (q + 1), tail.remainder(q))
+    order = torch.empty_like(perm)
+    order[row * groups + chunk] = perm
+    return order

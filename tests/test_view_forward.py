@@ -120,8 +120,12 @@ def test_moco_keys_use_shuffle_bn_queries_do_not():
     torch.manual_seed(0)
     m = MoCoV2(**TINY, proj_hidden_dim=32, proj_output_dim=16, queue_size=64, shuffle_bn_groups=2).train()
     x = views(1, b=8)[0]
+    calls = []
+    hook = m.momentum_backbone.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     torch.manual_seed(3)
     keys = m.embed_target(x)["k"]
+    hook.remove()
+    assert calls == [8]  # one forward of the whole batch, each BatchNorm with its sub-batches' statistics
     torch.manual_seed(3)
     perm = torch.randperm(8)
     ref = torch.empty_like(keys)

@@ -35,7 +35,8 @@ class MoCoV2(MomentumMethod):
             keeps per-process statistics under ``shuffle`` (``on_fit_start`` turns its
             SyncBatchNorm back into local BatchNorm; global statistics would undo the shuffle),
             the query encoder's are global.
-        shuffle_bn_groups: sub-batches of shuffle-BN on one process (8: the paper's GPUs).
+        shuffle_bn_groups: sub-batches of shuffle-BN on one process (8: the paper's GPUs), each
+            with its own BatchNorm statistics in one forward of the whole key batch.
         exclude_own_keys: keys of the query's own image (earlier epochs' keys in the queue, by
             dataset index) are not negatives, in the loss nor among MoCHi's hardest: with a
             queue of more than one epoch they would be near-duplicates of the positive.
@@ -126,7 +127,8 @@ class MoCoV2(MomentumMethod):
 
     def embed_target(self, x: torch.Tensor) -> ViewOutputs:
         if self.key_bn == "shuffle":
-            return {"k": shuffled_batch_forward(self.key_encoder, x, self.shuffle_bn_groups)}
+            return {"k": shuffled_batch_forward(self.key_encoder, x, self.shuffle_bn_groups,
+                                                modules=(self.momentum_backbone, self.momentum_projector))}
         return {"k": self.key_encoder(x)}
 
     def sample_info(self, batch: dict[str, Any]) -> ViewOutputs:
