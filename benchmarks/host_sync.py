@@ -3,6 +3,7 @@ step launches: counted on a CPU.
 
     python benchmarks/host_sync.py                  # the GPU recipes at their real size (ResNet-18, batch 256)
     python benchmarks/host_sync.py --recipes simclr_cifar10 hvs_simclr --batch-size 32
+    python benchmarks/host_sync.py --recipes hard_sample_gen_cifar10   # a generator method (manual optimisation)
 
 On a GPU a step runs fast only while the host queues kernels ahead of the device. An op whose
 result the host must read (``.item()``, ``bool(t)``, ``nonzero``, boolean-mask indexing, CUDA's
@@ -17,7 +18,8 @@ The same run counts the ops a step dispatches that would each launch a kernel on
 multi-tensor ``_foreach`` op counts once, as one dispatch; views and allocations count none): the
 host's share of a step grows with it, and once it exceeds the GPU's time for the step, the GPU
 waits for the host. ``tests/test_host_sync.py`` holds every
-recipe to one round trip a step (the non-finite loss guard's).
+recipe to one round trip a step (the non-finite loss guard's), and each generator recipe to one
+a parameter update (its guard's read of that update's loss: main model, generator, discriminator).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ PACKAGE = str(REPO / "hardcl_lightning")
 # the GPU recipes: every method on its CIFAR config, with and without hard view selection
 RECIPES = ("simclr_cifar10", "hvs_simclr", "mocov2_cifar10", "mochi_cifar10", "hvs_mocov2", "byol_cifar10", "hvs_byol",
            "simsiam_cifar10", "hvs_simsiam", "dino_cifar10", "hvs_dino")
+# the generator methods on their CIFAR configs (manual optimisation: several updates a step)
+GENERATOR_RECIPES = ("gan_pretrain_cifar10", "hard_sample_gen_cifar10", "positive_pair_cifar10", "hardgen_full_cifar10")
 # allocation and bookkeeping ops that launch no kernel
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
              "lift_fresh_copy", "_local_scalar_dense", "set_", "resize_"}
@@ -78,6 +82,10 @@ class HostRoundTrips(TorchDispatchMode):
             crosses = (src.device.type == "cpu") != (dst_device.type == "cpu")
             if crosses and not kwargs.get("non_blocking", False):
                 self._record(f"blocking copy {src.device.type}->{dst_device.type}")
+            if crosses and src.device.type == "meta":  # a read back (``.tolist()``, ``.cpu()``): no data on meta
+                if name == "copy_":
+                    return args[0].zero_()
+                return torch.zeros(src.shape, dtype=kwargs.get("dtype") or src.dtype)
             return func(*args, **kwargs)
         bool_index = name in ("index", "index_put", "index_put_") and any(
             t is not None and isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else []))
@@ -171,6 +179,9 @@ def build_recipe(config: str, root_dir: str, batch_size: int, *extra: str):
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     L.seed_everything(0, verbose=False)
+    if config in GENERATOR_RECIPES:  # the joint game from the first step; the discriminator's real images
+        extra = (*(["--model.joint_start_epoch=0"] if config != "gan_pretrain_cifar10" else []), "--data.with_image=true",
+                 *extra)
     cli = build_cli(["--config", str(REPO / "configs" / f"{config}.yaml"), "--trainer.logger=false", "--trainer.callbacks=[]",
                      f"--trainer.default_root_dir={root_dir}", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
                      "--data=hardcl_lightning.data.ShapesDataModule", f"--data.num_train={3 * batch_size}", "--data.num_val=10",
@@ -207,6 +218,61 @@ def audit_step(model, optimizer, batch: dict) -> HostRoundTrips:
     return audit
 
 
+class ManualOptimisationTrainer:
+    """What a generator method's ``training_step`` asks of its trainer, for one step outside one
+    (a ``Trainer`` cannot run on ``meta``): its schedule's length, the step counters, the world.
+    ``attach`` also stands in for Lightning's manual-optimisation calls, as they run at 32-bit
+    precision on one device: ``manual_backward`` is ``backward``; toggling an optimiser turns off
+    ``requires_grad`` of the other optimisers' parameters until it is untoggled, as
+    ``LightningModule.toggle_optimizer`` does (so a backward computes the gradients it would);
+    nothing is logged."""
+
+    estimated_stepping_batches, num_training_batches, max_epochs, log_every_n_steps = 1000, 10, 100, 50
+    global_step = current_epoch = 0
+    world_size = accumulate_grad_batches = 1
+    ckpt_path = None
+
+    def __init__(self, model) -> None:
+        self.lightning_module = model
+
+    def attach(self, model) -> list:
+        """``model`` stepping outside Lightning; returns its optimisers (multi-tensor, as on a GPU)."""
+        model._trainer = self
+        optimizers, schedulers = model.configure_optimizers()
+        schedulers = [s["scheduler"] if isinstance(s, dict) else s for s in schedulers]
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                if "foreach" in group:
+                    group["foreach"] = True
+        model.optimizers = lambda use_pl_optimizer=True: optimizers
+        model.lr_schedulers = lambda: schedulers
+        model.manual_backward = lambda loss, *args, **kwargs: loss.backward()
+        toggled: list[dict] = []
+
+        def toggle_optimizer(optimizer) -> None:
+            own = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            others = {p: p.requires_grad for o in optimizers for group in o.param_groups for p in group["params"]
+                      if id(p) not in own}
+            for p in others:
+                p.requires_grad_(False)
+            toggled.append(others)
+
+        def untoggle_optimizer(optimizer) -> None:
+            for p, requires_grad in toggled.pop().items():
+                p.requires_grad_(requires_grad)
+
+        model.toggle_optimizer, model.untoggle_optimizer = toggle_optimizer, untoggle_optimizer
+        model.log = model.log_dict = lambda *args, **kwargs: None
+        return optimizers
+
+
+def audit_manual_step(model, batch: dict, batch_idx: int) -> HostRoundTrips:
+    """One ``training_step`` of a manually optimised method (its own updates inside) on ``meta``, audited."""
+    with HostRoundTrips() as audit, autocast_on_meta():
+        model.training_step(batch, batch_idx)
+    return audit
+
+
 def prepare(config: str, root_dir: str, batch_size: int, *extra: str):
     """A recipe's datamodule, its batches (the first already made, so the constants are on the
     device), and its model and optimiser on ``meta``."""
@@ -217,6 +283,8 @@ def prepare(config: str, root_dir: str, batch_size: int, *extra: str):
     audit_views(dm, batches)
     model.train()
     model.to("meta")
+    if not model.automatic_optimization:  # its optimisers: what ManualOptimisationTrainer.attach returns
+        return dm, batches, model, ManualOptimisationTrainer(model).attach(model)
     optimizer = build_optimizer(model.optimizer_name, model.param_groups(), 0.1, model.weight_decay, model.sgd_momentum,
                                 model.lars_eta, model.lars_clip_lr)
     for group in optimizer.param_groups:  # torch's SGD and AdamW take their multi-tensor path on a GPU by default
@@ -233,7 +301,7 @@ def main() -> None:
     from common import machine
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES + GENERATOR_RECIPES), choices=RECIPES + GENERATOR_RECIPES)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     import logging
@@ -248,7 +316,11 @@ def main() -> None:
     for config in args.recipes:
         dm, batches, model, optimizer = prepare(config, tempfile.mkdtemp(prefix="host_sync_"), args.batch_size)
         batch, views = audit_views(dm, batches)
-        step = audit_step(model, optimizer, batch)
+        if isinstance(optimizer, list):  # manual optimisation: a first step copies the GAN's constants
+            audit_manual_step(model, batch, 0)  # a logging step (gradient norms); the next one is a plain step
+            step = audit_manual_step(model, batch, 1)
+        else:
+            step = audit_step(model, optimizer, batch)
         found = lambda a: ", ".join(f"{n} {k}" for k, n in sorted(a.found.items())) or "0"  # noqa: E731
         print(f"| {config} | {views.kernels} | {found(views)} | {step.kernels} | {found(step)} |", flush=True)
 

@@ -59,7 +59,7 @@ class TargetLog(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         pl_module._batch_idx = batch_idx
         key = (trainer.current_epoch, batch_idx)
-        self.values[key] = (pl_module.schedule_position(), pl_module.target_similarity())
+        self.values[key] = (pl_module.schedule_position(), pl_module.target_similarity().item())
         self.bounds[key] = pl_module.real_pair_similarity.tolist()
 
 
@@ -120,7 +120,9 @@ def test_relative_target_running_mean():
     assert model.real_pair_similarity.tolist() == pytest.approx([0.9 * 0.9 + 0.1 * 0.5, 0.9 * 0.3 + 0.1 * 0.1])
     model._batch_idx = 0  # without a trainer: the schedule's end, t = sim_end = 0.5
     view, negative = model.real_pair_similarity.tolist()
-    assert model.target_similarity() == pytest.approx(negative + 0.5 * (view - negative))
+    assert model.target_similarity().item() == pytest.approx(negative + 0.5 * (view - negative))
+    model.real_pair_similarity.fill_(float("nan"))  # nothing measured yet: t itself
+    assert model.target_similarity().item() == pytest.approx(0.5)
 
 
 def test_the_two_generators_start_identical_and_diverge():

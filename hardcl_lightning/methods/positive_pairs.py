@@ -38,7 +38,6 @@ target sits between), ``hard/pair_pos_loss`` (main model), ``hard/pair_penalty``
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
@@ -181,15 +180,16 @@ class PositivePairMixin(HardSampleMixin):
         """``t``: ``sim_start`` -> ``sim_end`` over the joint epochs."""
         return ramp(self.joint_progress(), self.sim_start, self.sim_end, self.sim_schedule)
 
-    def target_similarity(self) -> float:
-        """The pair's target cosine now: ``t`` itself (absolute) or ``s_neg + t (s_view - s_neg)``."""
+    def target_similarity(self) -> torch.Tensor:
+        """The pair's target cosine now (a 0-dim tensor where the model lives): ``t`` itself
+        (absolute) or ``s_neg + t (s_view - s_neg)``; computed there, since reading the running
+        similarities on the host would make every step wait for the GPU."""
         t = self.schedule_position()
+        sims = self.real_pair_similarity
         if self.sim_target == "absolute":
-            return t
-        view, negative = self.real_pair_similarity.tolist()
-        if math.isnan(view):  # nothing measured yet (no training batch seen)
-            return t
-        return negative + t * (view - negative)
+            return torch.full((), t, dtype=sims.dtype, device=sims.device)
+        view, negative = sims.unbind()
+        return torch.where(torch.isnan(view), t, negative + t * (view - negative))  # NaN: nothing measured yet
 
     @torch.no_grad()
     def real_similarities(self, views: list[torch.Tensor], outs: list[ViewOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +270,7 @@ class PositivePairMixin(HardSampleMixin):
         sim = self.pair_similarity(a, b)
         target = self.target_similarity()
         penalty = (sim - target).pow(2).mean()
-        stats = {"gan/g_adv_pair": adv.detach(), "hard/pair_sim_target": torch.tensor(target),
+        stats = {"gan/g_adv_pair": adv.detach(), "hard/pair_sim_target": target,
                  "hard/pair_sim_achieved": sim.detach().mean(), "hard/pair_penalty": penalty.detach()}
         loss = adv
         if self.pairs_on:
