@@ -15,6 +15,9 @@ with ``--tiny``). Data paths:
   (``augment_on: device``);
 - ``resident``: the same views from the training set kept on the accelerator as one uint8 tensor
   (``images_on_device: true``): the loader draws indices only;
+- ``compiled`` (only when named in ``--paths``): ``resident`` with the view recipe compiled by
+  inductor (``compile_views: inductor``), its few hundred small kernels a batch fused; the
+  compilation (about half a minute) falls in the warm-up steps;
 - ``bound``: the same steps on one pre-made batch that is already on the device, repeated: what
   the model alone costs, the floor the data paths are measured against.
 
@@ -48,7 +51,8 @@ ARMS = {  # name -> (config, extra CLI arguments)
     "MoCo v2": ("mocov2_cifar10", []),
     "MoCHi": ("mochi_cifar10", ["--model.mix_start_epoch=0"]),
 }
-PATHS = ("cpu", "device", "resident", "bound")
+PATHS = ("cpu", "device", "resident", "bound")  # the default arms
+ALL_PATHS = ("cpu", "device", "resident", "compiled", "bound")
 DATA_PATHS = ("cpu", "device", "resident")
 CIFAR_TRAIN_IMAGES = 50000
 
@@ -77,7 +81,10 @@ def arm_args(config: str, extra: list[str], path: str, tiny: bool, root: Path | 
             f"--trainer.max_steps={steps}", "--trainer.devices=1", "--trainer.sync_batchnorm=false",
             f"--trainer.accelerator={'gpu' if gpu else 'cpu'}", f"--trainer.precision={'bf16-mixed' if gpu else '32-true'}",
             f"--data.batch_size={batch}", f"--data.num_workers={workers}",
-            f"--data.augment_on={'cpu' if path == 'cpu' else 'device'}", f"--data.images_on_device={path == 'resident'}"]
+            f"--data.augment_on={'cpu' if path == 'cpu' else 'device'}",
+            f"--data.images_on_device={path in ('resident', 'compiled')}"]
+    if path == "compiled":
+        args.append("--data.compile_views=inductor")
     if gpu:
         args.append("--model.channels_last=true")
     if tiny:
@@ -151,7 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="resnet_tiny, 32-bit, 2 %% of the images: any machine, CI")
     parser.add_argument("--methods", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=ALL_PATHS,
+                        help=f"default: {' '.join(PATHS)}; 'compiled' adds the inductor-compiled view recipe")
     parser.add_argument("--batch-size", type=int, default=None, help="default 256 (32 with --tiny)")
     parser.add_argument("--workers", type=int, default=None, help="loader processes of the cpu path (default: cores - 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per arm (default 30; 3 with --tiny)")

@@ -12,8 +12,9 @@
 #
 # $GPU_SESSION_MINUTES (default 9) is the whole command's budget; the suite gets what gpu_epoch.py
 # leaves of it, less half a minute for writing the results. $GPU_EPOCH_ARGS and $GPU_SUITE_ARGS are
-# added to each script's command line (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm"); $PYTHON is the
-# interpreter (default python3).
+# added to each script's command line (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm", or
+# GPU_EPOCH_ARGS="--paths device resident compiled bound" to time the inductor-compiled view recipe
+# too, about half a minute of compilation per arm); $PYTHON is the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -117,6 +117,24 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
             assert r[4] == "1.00"
 
 
+def test_gpu_epoch_compiled_path_is_the_resident_path_with_the_view_recipe_compiled(monkeypatch):
+    """Named in ``--paths`` only (its compilation costs GPU minutes): the resident arm's command
+    line plus ``compile_views: inductor``, which the CLI takes."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_epoch import PATHS, arm_args
+
+    from hardcl_lightning.cli import build_cli
+
+    def argv(path):
+        return [a for a in arm_args("simclr_cifar10", [], path, True, None, 32, 1, 5) if "default_root_dir" not in a]
+
+    assert "compiled" not in PATHS
+    resident, compiled = argv("resident"), argv("compiled")
+    assert [a for a in compiled if a not in resident] == ["--data.compile_views=inductor"]
+    assert [a for a in resident if a not in compiled] == []
+    assert build_cli(arm_args("simclr_cifar10", [], "compiled", True, None, 32, 1, 5), run=False).datamodule.compile_views == "inductor"
+
+
 def test_gpu_epoch_data_only_counts_every_view_of_each_path(tmp_path):
     """No model: a row of views/s of the three paths and their ratios to the cpu path."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--data-only", "--methods",

@@ -316,3 +316,36 @@ def test_fast_dev_run_with_images_kept_on_the_device(tmp_path, monkeypatch):
         cli.trainer.fit(cli.model, cli.datamodule)
         assert cli.datamodule.resident_images(torch.device("cpu")).shape == (64, 3, 32, 32), config
         assert cli.trainer.global_step >= 1, config
+
+
+def test_compiled_view_recipe_makes_the_same_views_in_one_graph(monkeypatch):
+    """``compile_views``: the recipe traced whole (``fullgraph``: a graph break would raise) and
+    compiled once, whatever constants are added later; with the ``eager`` backend the draws are
+    the uncompiled recipe's, so the views and boxes are equal batch for batch."""
+    import torch._dynamo as dynamo
+
+    import hardcl_lightning.data.differentiable as differentiable
+    from hardcl_lightning.data.differentiable import device_constant
+
+    def batches(compile_views):
+        torch.manual_seed(0)
+        dm = shapes(augment_on="device", num_views=4, compile_views=compile_views)
+        out = []
+        for i, raw in enumerate(dm.train_dataloader()):
+            if i == 2:
+                device_constant([0.25, 0.5], raw["raw"].float())  # another part's constant, after the trace
+            out.append(dm.on_after_batch_transfer(raw, 0))
+        return out
+
+    monkeypatch.setattr(differentiable, "_ON_DEVICE", {})  # no constant on the device yet, as in a fresh run
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    compiled, plain = batches("eager"), batches(None)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1  # traced once: no recompilation a batch
+    assert len(plain) == len(compiled) == 5
+    for a, b in zip(plain, compiled):
+        assert all(torch.equal(u, v) for u, v in zip(a["views"], b["views"])) and torch.equal(a["boxes"], b["boxes"])
+    with pytest.raises(ValueError, match="compile_views='eager' compiles the device view recipe, got augment_on='cpu'"):
+        shapes(compile_views="eager")
+    with pytest.raises(ValueError, match="unknown compile_views backend 'fast'"):
+        shapes(augment_on="device", compile_views="fast")

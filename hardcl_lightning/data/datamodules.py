@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -221,6 +221,11 @@ class SSLDataModule(L.LightningDataModule):
             N x 3 x H x W bytes, refused when over half the free memory): a step then costs the
             loader nothing but drawing indices, and the images of a batch are a gather there. For
             sets of one image size (or with ``device_input_size``).
+        compile_views: with ``augment_on: device``, ``torch.compile`` each view recipe with this
+            backend (``inductor`` on GPUs: its ~280 small kernels a batch fused into a few, so the
+            host launching them stops setting the pace; ``eager`` to check it traces whole). The
+            same views (the ops and their order are unchanged); the random draws follow the
+            backend's generator. The first batch pays the compilation (about half a minute). None: off.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -248,10 +253,20 @@ class SSLDataModule(L.LightningDataModule):
         augment_on: str = "cpu",
         device_input_size: int | None = None,
         images_on_device: bool = False,
+        compile_views: str | None = None,
     ) -> None:
         super().__init__()
         if augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {augment_on!r}")
+        if compile_views is not None:
+            import torch._dynamo as dynamo
+
+            if augment_on != "device":
+                raise ValueError(f"compile_views={compile_views!r} compiles the device view recipe, got "
+                                 f"augment_on={augment_on!r}; set augment_on: device, or compile_views: null")
+            if compile_views not in dynamo.list_backends(exclude_tags=()):
+                raise ValueError(f"unknown compile_views backend {compile_views!r}; choose one of {dynamo.list_backends()}")
+        self.compile_views = compile_views
         if device_input_size is not None and device_input_size < 1:
             raise ValueError(f"device_input_size must be >= 1 or None, got {device_input_size}")
         if images_on_device and augment_on != "device":
@@ -260,7 +275,7 @@ class SSLDataModule(L.LightningDataModule):
         self.augment_on, self.device_input_size, self.images_on_device = augment_on, device_input_size, images_on_device
         self._resident_images: torch.Tensor | None = None  # images_on_device: [N, 3, H, W] uint8
         self._resident_labels: torch.Tensor | None = None
-        self._device_augmentations: list[tuple[DifferentiableViewAugmentation, list[int]]] | None = None
+        self._device_augmentations: list[tuple[Callable, list[int]]] | None = None  # a recipe, its views
         self.with_image = with_image
         if predict_split not in (None, "train", "val"):
             raise ValueError(f"predict_split must be 'train', 'val' or None, got {predict_split!r}")
@@ -403,6 +418,24 @@ class SSLDataModule(L.LightningDataModule):
             return self.device_views(batch)
         return batch
 
+    def view_recipe(self, spec: ViewSpec) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Images in [0, 1] -> (views, crop boxes) by ``spec`` on the device; compiled whole (no
+        graph break allowed: a break would bring back the launches) with ``compile_views``."""
+        recipe = DifferentiableViewAugmentation(spec, self.mean, self.std, match_torchvision=True)
+        if self.compile_views is None:
+            return recipe
+        compiled = torch.compile(recipe.__call__, backend=self.compile_views, fullgraph=True, dynamic=False)
+        made_once = False
+
+        def views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal made_once
+            if not made_once:  # eagerly first: the recipe's constants reach the device before a trace sees them
+                made_once = True
+                return recipe(x)
+            return compiled(x)
+
+        return views
+
     @torch.no_grad()
     def device_views(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``{"raw", "label", "index"}`` -> ``{"views", "boxes", "label", "index"}`` (+ ``"image"``):
@@ -411,8 +444,7 @@ class SSLDataModule(L.LightningDataModule):
             groups: dict[ViewSpec, list[int]] = {}
             for i, spec in enumerate(self.view_specs):
                 groups.setdefault(spec, []).append(i)
-            self._device_augmentations = [(DifferentiableViewAugmentation(spec, self.mean, self.std, match_torchvision=True),
-                                           indices) for spec, indices in groups.items()]
+            self._device_augmentations = [(self.view_recipe(spec), indices) for spec, indices in groups.items()]
         raw = batch.pop("raw")
         x = raw.float().div_(255)
         views: list[torch.Tensor | None] = [None] * len(self.view_specs)
