@@ -146,7 +146,7 @@ def batchnorm_per_sub_batch(modules: Sequence[nn.Module], groups: int) -> Iterat
     CNN mixes samples (``sub_batch_norm``). MoCo's shuffle-BN on one device
     (``shuffled_batch_forward``).
     """
-    bns = [bn for m in modules for bn in m.modules() if isinstance(bn, _BatchNorm)]
+    bns = list(dict.fromkeys(bn for m in modules for bn in m.modules() if isinstance(bn, _BatchNorm)))  # each once
     if groups == 1 or not bns:
         yield
         return

@@ -98,6 +98,9 @@ def test_sub_batches_inside_the_context_only_and_frozen_statistics_stay_frozen()
     assert torch.allclose(out, reference, atol=1e-5)
     assert torch.allclose(net(x), whole, atol=1e-5)  # the BatchNorms' own forward again
     assert all("forward" not in bn.__dict__ for bn in net if isinstance(bn, nn.BatchNorm1d))
+    with batchnorm_per_sub_batch([net, net[1], net], 2):  # a module named twice is patched (and restored) once
+        pass
+    assert all("forward" not in bn.__dict__ for bn in net if isinstance(bn, nn.BatchNorm1d))
     with pytest.raises(RuntimeError, match="boom"), batchnorm_per_sub_batch([net], 2):
         raise RuntimeError("boom")
     assert all("forward" not in bn.__dict__ for bn in net if isinstance(bn, nn.BatchNorm1d))

@@ -222,10 +222,11 @@ class SSLDataModule(L.LightningDataModule):
             loader nothing but drawing indices, and the images of a batch are a gather there. For
             sets of one image size (or with ``device_input_size``).
         compile_views: with ``augment_on: device``, ``torch.compile`` each view recipe with this
-            backend (``inductor`` on GPUs: its ~280 small kernels a batch fused into a few, so the
-            host launching them stops setting the pace; ``eager`` to check it traces whole). The
-            same views (the ops and their order are unchanged); the random draws follow the
-            backend's generator. The first batch pays the compilation (about half a minute). None: off.
+            backend (``inductor`` on GPUs: the small kernels of a recipe, about 280 a batch for
+            SimCLR's, fused into a few, so that the host launching them stops setting the pace;
+            ``eager`` to check that it traces whole). The same ops in the same order; the random
+            draws follow the backend's generator. The first batch is made uncompiled, the second
+            pays the compilation (about half a minute). None: off.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
