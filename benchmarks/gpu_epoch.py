@@ -24,6 +24,11 @@ with ``--tiny``). Data paths:
 Each arm trains ``--steps`` timed steps after ``--warmup`` steps; seconds per epoch = median step
 time x (50000 / batch). Printed: a table with the ratio of each path to the bound.
 
+``--profile-steps N``: each arm then runs N more steps under ``torch.profiler``, and a line per
+arm says where a step's time goes: how much of it the GPU was busy (kernel time / wall time; far
+below 100 %: the host, launching kernels or waiting on data, sets the pace), the kernel launches a
+step, and the ops that took the most GPU time (on a CPU: CPU time). What a missed target needs.
+
 ``--data-only``: no model; each path's batches are drawn and timed alone (``cpu``: the loader's
 PIL views; ``device``: the loader's uint8 batches and the batched views made from them, on the
 GPU when there is one, else on this CPU; ``resident``: the gathers from the kept images and the
@@ -71,6 +76,75 @@ class RepeatedBatch(L.LightningDataModule):
         return self.batch
 
 
+class StepProfile(L.Callback):
+    """``torch.profiler`` over the ``steps`` training batches after the first ``skip``; ``summary``
+    says where a step's time went."""
+
+    LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+    def __init__(self, skip: int, steps: int) -> None:
+        self.skip, self.steps, self.seen = skip, steps, 0
+        self.profiler: torch.profiler.profile | None = None
+        self.events, self.wall, self.start, self.error = None, 0.0, 0.0, None
+
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.seen == self.skip and self.profiler is None:
+            import time
+
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._sync()
+            self.profiler = torch.profiler.profile(activities=activities)
+            try:  # a profiler that cannot start (no CUPTI) must not cost the arm its timing
+                self.profiler.__enter__()
+            except Exception as error:  # noqa: BLE001
+                self.error = f"the profiler did not start: {error!r}"
+                return
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.profiler is not None and self.error is None and self.events is None and self.seen == self.skip + self.steps:
+            import time
+
+            self._sync()
+            self.wall = time.perf_counter() - self.start
+            try:
+                self.profiler.__exit__(None, None, None)
+                self.events = self.profiler.key_averages()
+            except Exception as error:  # noqa: BLE001
+                self.error = f"the profiler's results were unreadable: {error!r}"
+
+    def summary(self, top: int = 5) -> str:
+        if self.error is not None:
+            return self.error
+        if self.events is None:
+            return "not profiled (the run ended first)"
+        from torch.autograd import DeviceType
+
+        per_step = lambda us: us / 1000 / self.steps  # noqa: E731  (profiler microseconds -> ms a step)
+        wall = self.wall * 1000 / self.steps
+        # kineto lists each kernel twice: as a device row, and inside the host op that launched it
+        ops = [e for e in self.events if e.device_type == DeviceType.CPU]
+        device = sum(e.self_device_time_total for e in self.events
+                     if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False))
+        launches = sum(e.count for e in ops if e.key in self.LAUNCHES) / self.steps
+        if device > 0:
+            ranked = sorted(ops, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+            tops = ", ".join(f"{e.key} {per_step(e.self_device_time_total):.2f}" for e in ranked)
+            return (f"{wall:.1f} ms a step profiled, GPU busy {per_step(device):.1f} ms ({per_step(device) / wall:.0%}), "
+                    f"{launches:.0f} kernel launches; most GPU time (ms a step): {tops}")
+        ranked = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        tops = ", ".join(f"{e.key} {per_step(e.self_cpu_time_total):.2f}" for e in ranked)
+        return f"{wall:.1f} ms a step profiled, no GPU; most CPU time (ms a step): {tops}"
+
+
 def arm_args(config: str, extra: list[str], path: str, tiny: bool, root: Path | None, batch: int, workers: int,
              steps: int) -> list[str]:
     gpu = torch.cuda.is_available() and not tiny
@@ -102,12 +176,12 @@ def arm_args(config: str, extra: list[str], path: str, tiny: bool, root: Path | 
     return args
 
 
-def measure(name: str, path: str, args: argparse.Namespace, root: Path | None) -> float:
-    """Median seconds per training step of one arm."""
+def measure(name: str, path: str, args: argparse.Namespace, root: Path | None) -> tuple[float, str | None]:
+    """Median seconds per training step of one arm, and (``--profile-steps``) where a step's time went."""
     from hardcl_lightning.cli import build_cli
 
     config, extra = ARMS[name]
-    total = args.warmup + args.steps + 1
+    total = args.warmup + args.steps + 1 + args.profile_steps
     argv = arm_args(config, extra, path, args.tiny, root, args.batch_size, args.workers, total)
     if args.compile:
         argv.append("--model.compile_backend=inductor")
@@ -115,6 +189,9 @@ def measure(name: str, path: str, args: argparse.Namespace, root: Path | None) -
     cli = build_cli(argv, run=False)
     timer = StepTimer(warmup=args.warmup)
     cli.trainer.callbacks.append(timer)
+    profile = StepProfile(args.warmup + args.steps + 1, args.profile_steps) if args.profile_steps else None
+    if profile is not None:  # after the timed steps, so that the profiler's own cost is not timed
+        cli.trainer.callbacks.append(profile)
     dm = cli.datamodule
     if path == "bound":
         batch = next(iter(dm.train_dataloader()))
@@ -122,7 +199,14 @@ def measure(name: str, path: str, args: argparse.Namespace, root: Path | None) -
         batch = dm.on_after_batch_transfer(L.pytorch.utilities.move_data_to_device(batch, device), 0)
         dm = RepeatedBatch(batch, total)
     cli.trainer.fit(cli.model, dm)
-    return timer.seconds_per_step
+    if profile is None:
+        return timer.seconds_per_step, None
+    timer.durations = timer.durations[:args.steps]  # the timed steps only
+    try:
+        summary = profile.summary()
+    except Exception as error:  # noqa: BLE001  (a GPU session's timings must survive a profiler surprise)
+        summary = f"profile unreadable: {error!r}"
+    return timer.seconds_per_step, summary
 
 
 def measure_data(name: str, path: str, args: argparse.Namespace, root: Path | None) -> float:
@@ -165,6 +249,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per arm (default 30; 3 with --tiny)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 2 with --tiny)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (inductor)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="then profile this many more steps per arm: GPU busy share, launches, top ops")
     parser.add_argument("--data-only", action="store_true", help="views/s of the cpu and device data paths alone, no model")
     args = parser.parse_args()
     import os
@@ -190,9 +276,11 @@ def main() -> None:
             print(f"| {name} | {rate['cpu']:.0f} | {rate['device']:.0f} | {rate['resident']:.0f} | "
                   f"{rate['device'] / rate['cpu']:.2f} | {rate['resident'] / rate['cpu']:.2f} |", flush=True)
         return
-    rows = []
+    rows, profiles = [], []
     for name in args.methods:
-        times = {path: measure(name, path, args, root) for path in args.paths}
+        measured = {path: measure(name, path, args, root) for path in args.paths}
+        times = {path: t for path, (t, _) in measured.items()}
+        profiles += [f"profile {name} / {path}: {summary}" for path, (_, summary) in measured.items() if summary]
         rows.append((name, times))
         print(f"{name}: " + ", ".join(f"{p} {t * 1000:.1f} ms/step" for p, t in times.items()), flush=True)
     steps_per_epoch = CIFAR_TRAIN_IMAGES // args.batch_size
@@ -204,6 +292,11 @@ def main() -> None:
         for path, t in times.items():
             ratio = f"{t / bound:.2f}" if bound else "-"
             print(f"| {name} | {path} | {t * 1000:.1f} | {t * steps_per_epoch:.1f} | {ratio} | {args.batch_size / t:.0f} |")
+    if profiles:
+        print()
+        print("Where a step's time goes (torch.profiler, after the timed steps):")
+        for line in profiles:
+            print(line)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@
 #   bash benchmarks/gpu_session.sh --tiny [SUITE]          # any machine: the same steps at the tiny size
 #
 # $GPU_SESSION_MINUTES (default 9) is the whole command's budget; the suite gets what gpu_epoch.py
-# leaves of it, less half a minute for writing the results. $GPU_EPOCH_ARGS and $GPU_SUITE_ARGS are
-# added to each script's command line (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm", or
+# leaves of it, less half a minute for writing the results. $GPU_EPOCH_ARGS (unset: --profile-steps 3,
+# where each arm's time goes) and $GPU_SUITE_ARGS are added to each script's command line (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm", or
 # GPU_EPOCH_ARGS="--paths device resident compiled bound" to time the inductor-compiled view recipe
 # too, about half a minute of compilation per arm); $PYTHON is the interpreter (default python3).
 set -euo pipefail
@@ -45,7 +45,7 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-read -r -a epoch_args <<<"${GPU_EPOCH_ARGS:-}"
+read -r -a epoch_args <<<"${GPU_EPOCH_ARGS---profile-steps 3}"  # unset: each arm profiled for 3 steps too
 read -r -a suite_args <<<"${GPU_SUITE_ARGS:-}"
 budget_s=$(awk -v m="${GPU_SESSION_MINUTES:-9}" 'BEGIN { printf "%d", m * 60 }')
 start=$(date +%s)

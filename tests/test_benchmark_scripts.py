@@ -104,8 +104,8 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
     """The tiny run (what CI can do): a row per method and data path, the bound's ratio 1.00, and
     the seconds per epoch = ms/step x 50000 / batch."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--methods", "SimCLR", "MoCHi",
-                          "--steps", "2", "--warmup", "1", "--workers", "1"], capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
+                          "--steps", "2", "--warmup", "1", "--workers", "1", "--profile-steps", "1"], capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert not list(tmp_path.iterdir())  # no run files where it was started
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "ms / step" not in line]
@@ -115,7 +115,9 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
         assert float(r[3]) == pytest.approx(float(r[2]) / 1000 * (50000 // 32), rel=0.01, abs=0.1)
         if r[1] == "bound":
             assert r[4] == "1.00"
-
+    profiles = re.findall(r"^profile (\S+) / (\w+): [\d.]+ ms a step profiled, no GPU; most CPU time \(ms a step\): aten::\w+ [\d.]+",
+                          out.stdout, re.M)
+    assert profiles == [(m, p) for m in ("SimCLR", "MoCHi") for p in ("cpu", "device", "resident", "bound")], out.stdout
 
 def test_gpu_epoch_compiled_path_is_the_resident_path_with_the_view_recipe_compiled(monkeypatch):
     """Named in ``--paths`` only (its compilation costs GPU minutes): the resident arm's command
@@ -133,6 +135,34 @@ def test_gpu_epoch_compiled_path_is_the_resident_path_with_the_view_recipe_compi
     assert [a for a in compiled if a not in resident] == ["--data.compile_views=inductor"]
     assert [a for a in resident if a not in compiled] == []
     assert build_cli(arm_args("simclr_cifar10", [], "compiled", True, None, 32, 1, 5), run=False).datamodule.compile_views == "inductor"
+
+
+def test_gpu_epoch_profile_summary_reads_gpu_and_cpu_events(monkeypatch):
+    """The summary's arithmetic on made-up profiler rows (profiler times are microseconds, summed
+    over the profiled steps): with kernel time, the GPU's busy share of the wall time, launches and
+    the top ops by GPU time; without, the top ops by CPU time."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_epoch import StepProfile
+
+    from torch.autograd import DeviceType
+
+    def row(key, count, device, cpu, device_type=DeviceType.CPU):
+        return SimpleNamespace(key=key, count=count, self_device_time_total=device, self_cpu_time_total=cpu,
+                               device_type=device_type, is_user_annotation=False)
+
+    profile = StepProfile(skip=0, steps=2)
+    profile.wall = 0.010  # 10 ms over 2 steps: 5 ms a step
+    kernel = DeviceType.CUDA  # each kernel's own row: its time is counted once, with the host op that launched it
+    profile.events = [row("aten::convolution", 40, 4000.0, 1000.0), row("cudaLaunchKernel", 700, 0.0, 2000.0),
+                      row("aten::add_", 100, 1000.0, 500.0), row("sm90_xmma_fprop", 40, 4000.0, 0.0, kernel),
+                      row("elementwise_kernel", 100, 1000.0, 0.0, kernel)]
+    assert profile.summary(top=2) == ("5.0 ms a step profiled, GPU busy 2.5 ms (50%), 350 kernel launches; most GPU time "
+                                      "(ms a step): aten::convolution 2.00, aten::add_ 0.50")
+    profile.events = [row("aten::convolution", 40, 0.0, 1000.0), row("aten::add_", 100, 0.0, 3000.0)]
+    assert profile.summary(top=1) == "5.0 ms a step profiled, no GPU; most CPU time (ms a step): aten::add_ 1.50"
+    assert StepProfile(skip=0, steps=2).summary() == "not profiled (the run ended first)"
 
 
 def test_gpu_epoch_data_only_counts_every_view_of_each_path(tmp_path):
