@@ -12,9 +12,11 @@
 #
 # $GPU_SESSION_MINUTES (default 9) is the whole command's budget; the suite gets what gpu_epoch.py
 # leaves of it, less half a minute for writing the results. $GPU_EPOCH_ARGS (unset: --profile-steps 3,
-# where each arm's time goes) and $GPU_SUITE_ARGS are added to each script's command line (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm", or
-# GPU_EPOCH_ARGS="--paths device resident compiled bound" to time the inductor-compiled view recipe
-# too, about half a minute of compilation per arm); $PYTHON is the interpreter (default python3).
+# where each arm's time goes) and $GPU_SUITE_ARGS are added to each script's command line as shell
+# words, quotes honoured (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm", or GPU_EPOCH_ARGS="--methods
+# SimCLR 'MoCo v2' --paths device resident compiled bound --profile-steps 3" to time the
+# inductor-compiled view recipe too, about half a minute of compilation per arm); $PYTHON is the
+# interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,8 +47,10 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-read -r -a epoch_args <<<"${GPU_EPOCH_ARGS---profile-steps 3}"  # unset: each arm profiled for 3 steps too
-read -r -a suite_args <<<"${GPU_SUITE_ARGS:-}"
+# shell words, quotes honoured (arm names hold spaces); unset GPU_EPOCH_ARGS: each arm profiled for 3 steps too
+epoch_spec=${GPU_EPOCH_ARGS---profile-steps 3}
+eval "epoch_args=($epoch_spec)"
+eval "suite_args=(${GPU_SUITE_ARGS:-})"
 budget_s=$(awk -v m="${GPU_SESSION_MINUTES:-9}" 'BEGIN { printf "%d", m * 60 }')
 start=$(date +%s)
 

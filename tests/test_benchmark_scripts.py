@@ -264,7 +264,7 @@ def test_gpu_session_runs_the_epoch_table_then_a_suite_in_the_time_left(tmp_path
     its logs and RESULTS.md land in $OUT; a wrong argument is refused naming what is accepted."""
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "GPU_SESSION_MINUTES": "5",
            "HARDCL_CIFAR10_TAR": str(tmp_path / "absent.tar.gz"), "HARDCL_BENCH_CACHE": str(tmp_path / "cache"),
-           "GPU_EPOCH_ARGS": "--methods SimCLR --paths bound --steps 2 --warmup 1 --workers 0",
+           "GPU_EPOCH_ARGS": "--methods 'MoCo v2' --paths bound --steps 2 --warmup 1 --workers 0",  # quotes kept
            "GPU_SUITE_ARGS": "--epochs 1 --arms SimCLR --workers 0"}
     script = str(REPO / "benchmarks" / "gpu_session.sh")
     out = subprocess.run(["bash", script, "--tiny", "contrastive"], capture_output=True, text=True, timeout=900, cwd=tmp_path,
@@ -272,7 +272,7 @@ def test_gpu_session_runs_the_epoch_table_then_a_suite_in_the_time_left(tmp_path
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     logs = tmp_path / "out"
     assert sorted(p.name for p in logs.iterdir()) == ["RESULTS.md", "gpu_epoch.log", "gpu_suite_contrastive.log", "machine.log"]
-    assert re.search(r"^\| SimCLR \| bound \| [\d.]+ \|", (logs / "gpu_epoch.log").read_text(), re.M)
+    assert re.search(r"^\| MoCo v2 \| bound \| [\d.]+ \|", (logs / "gpu_epoch.log").read_text(), re.M)
     left = float(re.search(r"gpu_suite.py --suite contrastive gets ([\d.-]+) min", (logs / "machine.log").read_text()).group(1))
     assert 0 < left < 4.5  # 5 minutes less gpu_epoch.py's time and half a minute
     assert re.search(r"^SimCLR: kNN ep 0: [\d.]+, ep 1: [\d.]+ %", (logs / "gpu_suite_contrastive.log").read_text(), re.M)
