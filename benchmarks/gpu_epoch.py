@@ -17,7 +17,7 @@ with ``--tiny``). Data paths:
   (``images_on_device: true``): the loader draws indices only;
 - ``compiled`` (only when named in ``--paths``): ``resident`` with the view recipe compiled by
   inductor (``compile_views: inductor``), its few hundred small kernels a batch fused; the
-  compilation (about half a minute) falls in the warm-up steps;
+  compilation falls in the warm-up steps;
 - ``bound``: the same steps on one pre-made batch that is already on the device, repeated: what
   the model alone costs, the floor the data paths are measured against.
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a lent GPU is asked for, as one command that fits a session's device time (15 minutes in all,
-# 10 a command, the machine's start included): gpu_epoch.py's table, then one gpu_suite.py suite in
-# the minutes left. Logs and benchmarks/RESULTS.md (with the suite's new section) go to $OUT, or to
-# benchmarks/out/gpu_session/ where $OUT is unset.
+# 10 a command, the machine's start included): gpu_epoch.py's table, shuffle_bn.py's (seconds), then
+# one gpu_suite.py suite in the minutes left. Logs and benchmarks/RESULTS.md (with the suite's new
+# section) go to $OUT, or to benchmarks/out/gpu_session/ where $OUT is unset.
 #
 #   bash benchmarks/gpu_session.sh wheels                  # here, once: the packages the GPU machine's
 #                                                          #   python lacks, as wheels in .whl/ (git-ignored)
@@ -15,7 +15,7 @@
 # where each arm's time goes) and $GPU_SUITE_ARGS are added to each script's command line as shell
 # words, quotes honoured (e.g. GPU_SUITE_ARGS="--arms A C_latent Acm", or GPU_EPOCH_ARGS="--methods
 # SimCLR 'MoCo v2' --paths device resident compiled bound --profile-steps 3" to time the
-# inductor-compiled view recipe too, about half a minute of compilation per arm); $PYTHON is the
+# inductor-compiled view recipe too, a compilation per arm); $PYTHON is the
 # interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,8 @@ start=$(date +%s)
 } 2>&1 | tee "$out/machine.log"
 
 "$python" benchmarks/gpu_epoch.py "${tiny[@]}" "${epoch_args[@]}" 2>&1 | tee "$out/gpu_epoch.log"
+# seconds: MoCo's key forward both ways; its failure must not cost the suite its minutes
+"$python" benchmarks/shuffle_bn.py "${tiny[@]}" 2>&1 | tee "$out/shuffle_bn.log" || echo "shuffle_bn.py failed (see shuffle_bn.log)"
 left=$(awk -v b="$budget_s" -v s="$(( $(date +%s) - start ))" 'BEGIN { printf "%.2f", (b - s - 30) / 60 }')
 echo "gpu_epoch.py took $(( $(date +%s) - start )) s; gpu_suite.py --suite $suite gets $left min" | tee -a "$out/machine.log"
 "$python" benchmarks/gpu_suite.py --suite "$suite" --budget-minutes "$left" "${tiny[@]}" ${tiny:+--no-write} "${suite_args[@]}" 2>&1 | tee "$out/gpu_suite_$suite.log"

@@ -165,6 +165,19 @@ def test_gpu_epoch_profile_summary_reads_gpu_and_cpu_events(monkeypatch):
     assert StepProfile(skip=0, steps=2).summary() == "not profiled (the run ended first)"
 
 
+def test_shuffle_bn_times_both_key_forwards_on_the_same_keys():
+    """The tiny run: both paths' rows, the per-sub-batch forward as the 1.00 reference, and keys
+    that agree (the script refuses to print timings of paths that compute different keys)."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "shuffle_bn.py"), "--tiny"], capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"keys agree to [\d.e+-]+$", out.stdout, re.M), out.stdout
+    rows = re.findall(r"^\| (a forward per sub-batch|one forward, per-sub-batch statistics) \| ([\d.]+) \| ([\d.]+) \|$",
+                      out.stdout, re.M)
+    assert [r[0] for r in rows] == ["a forward per sub-batch", "one forward, per-sub-batch statistics"], out.stdout
+    assert rows[0][2] == "1.00" and float(rows[1][2]) == pytest.approx(float(rows[1][1]) / float(rows[0][1]), abs=0.01)
+
+
 def test_gpu_epoch_data_only_counts_every_view_of_each_path(tmp_path):
     """No model: a row of views/s of the three paths and their ratios to the cpu path."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_epoch.py"), "--tiny", "--data-only", "--methods",
@@ -271,8 +284,9 @@ def test_gpu_session_runs_the_epoch_table_then_a_suite_in_the_time_left(tmp_path
                          env=env)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     logs = tmp_path / "out"
-    assert sorted(p.name for p in logs.iterdir()) == ["RESULTS.md", "gpu_epoch.log", "gpu_suite_contrastive.log", "machine.log"]
+    assert sorted(p.name for p in logs.iterdir()) == ["RESULTS.md", "gpu_epoch.log", "gpu_suite_contrastive.log", "machine.log", "shuffle_bn.log"]
     assert re.search(r"^\| MoCo v2 \| bound \| [\d.]+ \|", (logs / "gpu_epoch.log").read_text(), re.M)
+    assert re.search(r"^\| one forward, per-sub-batch statistics \| [\d.]+ \|", (logs / "shuffle_bn.log").read_text(), re.M)
     left = float(re.search(r"gpu_suite.py --suite contrastive gets ([\d.-]+) min", (logs / "machine.log").read_text()).group(1))
     assert 0 < left < 4.5  # 5 minutes less gpu_epoch.py's time and half a minute
     assert re.search(r"^SimCLR: kNN ep 0: [\d.]+, ep 1: [\d.]+ %", (logs / "gpu_suite_contrastive.log").read_text(), re.M)

@@ -226,7 +226,7 @@ class SSLDataModule(L.LightningDataModule):
             SimCLR's, fused into a few, so that the host launching them stops setting the pace;
             ``eager`` to check that it traces whole). The same ops in the same order; the random
             draws follow the backend's generator. The first batch is made uncompiled, the second
-            pays the compilation (about half a minute). None: off.
+            pays the compilation. None: off.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
