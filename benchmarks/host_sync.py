@@ -46,6 +46,29 @@ GENERATOR_RECIPES = ("gan_pretrain_cifar10", "hard_sample_gen_cifar10", "positiv
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
              "lift_fresh_copy", "_local_scalar_dense", "set_", "resize_"}
 
+# the oldest torch whose meta device runs the audit: the data-dependent ops' stand-ins (nonzero's
+# ``meta_nonzero_assume_all_nonzero``) and meta kernels for every op of a step (torch 2.3-2.6 lack
+# some, e.g. the ``_foreach`` ops of the generators' Adam on 2.3); DINO's weight-normalised last
+# layer needs ``_weight_norm_interface_backward`` on meta, which torch 2.10 added
+MIN_TORCH = (2, 7)
+MIN_TORCH_FOR = {"dino_cifar10": (2, 10), "hvs_dino": (2, 10)}
+
+
+def torch_release() -> tuple[int, int]:
+    """(major, minor) of the installed torch."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def unsupported(recipe: str | None = None) -> str | None:
+    """Why this torch cannot audit ``recipe`` (None: the audit's own needs), or None when it can."""
+    need = max(MIN_TORCH, MIN_TORCH_FOR.get(recipe, MIN_TORCH)) if recipe else MIN_TORCH
+    if torch_release() < need:
+        what = f"the {recipe} recipe" if recipe and need > MIN_TORCH else "this audit"
+        return f"{what} needs torch >= {need[0]}.{need[1]} on the meta device, got torch {torch.__version__}"
+    return None
+
+
 # ops whose output the host must read, or whose output size depends on the data (CUDA syncs for it)
 HOST_READS = {"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "_unique", "_unique2", "unique_dim",
               "unique_consecutive", "is_nonzero", "equal", "bincount", "histc", "masked_scatter"}
@@ -304,6 +327,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES + GENERATOR_RECIPES), choices=RECIPES + GENERATOR_RECIPES)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
+    if reason := unsupported():
+        parser.error(reason)
     import logging
 
     from hardcl_lightning.quiet import silence_known_noise
@@ -314,6 +339,9 @@ def main() -> None:
     print("| recipe | views: kernels | views: host round trips | step: kernels | step: host round trips |")
     print("|---|---|---|---|---|")
     for config in args.recipes:
+        if reason := unsupported(config):
+            print(f"| {config} | skipped: {reason} | | | |", flush=True)
+            continue
         dm, batches, model, optimizer = prepare(config, tempfile.mkdtemp(prefix="host_sync_"), args.batch_size)
         batch, views = audit_views(dm, batches)
         if isinstance(optimizer, list):  # manual optimisation: a first step copies the GAN's constants

@@ -341,7 +341,10 @@ def test_compiled_view_recipe_makes_the_same_views_in_one_graph(monkeypatch):
     dynamo.reset()
     dynamo.utils.counters.clear()
     compiled, plain = batches("eager"), batches(None)
-    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1  # traced once: no recompilation a batch
+    # traced once: no recompilation a batch. Before torch 2.7 dynamo guards the length of the
+    # constants' cache, so the constant added above recompiles once (once a run, not once a batch)
+    release = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == (1 if release >= (2, 7) else 2)
     assert len(plain) == len(compiled) == 5
     for a, b in zip(plain, compiled):
         assert all(torch.equal(u, v) for u, v in zip(a["views"], b["views"])) and torch.equal(a["boxes"], b["boxes"])
