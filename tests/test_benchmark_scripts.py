@@ -119,6 +119,7 @@ def test_gpu_epoch_tiny_prints_every_arm_against_the_bound(tmp_path):
                           out.stdout, re.M)
     assert profiles == [(m, p) for m in ("SimCLR", "MoCHi") for p in ("cpu", "device", "resident", "bound")], out.stdout
 
+
 def test_gpu_epoch_compiled_path_is_the_resident_path_with_the_view_recipe_compiled(monkeypatch):
     """Named in ``--paths`` only (its compilation costs GPU minutes): the resident arm's command
     line plus ``compile_views: inductor``, which the CLI takes."""
