@@ -49,6 +49,7 @@ class TinyResNet(nn.Module):
         blocks: tuple[int, int, int, int] = (1, 1, 1, 1),
         cifar_stem: bool = True,
         norm: str = "batch",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         norm_layer = _norm_layer(norm)
@@ -70,6 +71,10 @@ class TinyResNet(nn.Module):
                 layers.append(BasicBlock(in_ch, w, stride=stride, downsample=down, norm_layer=norm_layer))
                 in_ch = w
         self.layers = nn.Sequential(*layers)
+        if zero_init_residual:  # each block starts as the identity (torchvision's ResNet option)
+            for block in layers:
+                if isinstance(block.bn2, nn.BatchNorm2d):
+                    nn.init.zeros_(block.bn2.weight)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = in_ch
 
@@ -88,7 +93,7 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
 
 
 def _tiny_resnet(cifar_stem: bool = True, **kwargs) -> tuple[nn.Module, int]:
-    _reject_unknown("resnet_tiny", kwargs, ("widths", "blocks", "norm"))
+    _reject_unknown("resnet_tiny", kwargs, ("widths", "blocks", "norm", "zero_init_residual"))
     model = TinyResNet(cifar_stem=cifar_stem, **kwargs)
     return model, model.feature_dim
 

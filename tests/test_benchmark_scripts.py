@@ -304,9 +304,35 @@ def test_hvs_real_diagnostic_rows_are_their_own_and_pair_with_the_base():
             _record("mocov2", "hvs", 0, 0.36, overrides=["model.reuse_targets=false"])]
     lines = hvs_real.table(runs, [("mocov2", "hvs", 0, ("model.reuse_targets=false",))])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| ")}
-    assert rows["HVS-MoCo v2 [reuse_targets=false]"][5] == "-2.0" and rows["HVS-MoCo v2"][5] == "-5.0"
+    assert rows["HVS-MoCo v2, hvs [reuse_targets=false]"][5] == "-2.0" and rows["HVS-MoCo v2, hvs"][5] == "-5.0"
     assert not any(line.startswith("Not run yet") for line in lines)
     assert hvs_real.run_name("mocov2", "hvs", 1, ("model.reuse_targets=false",)) == "mocov2_hvs_reuse_targets-false_seed1"
+    assert hvs_real.run_name("mocov2", "paper", 1, (), epochs=30) == "mocov2_paper_e30_seed1"
+
+
+def test_hvs_real_variants_name_their_configs_and_the_crossover_pairs_each_length_with_its_base():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import hvs_real
+
+    rel = lambda paths: [str(p.relative_to(REPO / "configs")) for p in paths]  # noqa: E731
+    assert rel(hvs_real.config_paths("mocov2", "base")) == ["mocov2_cifar10.yaml"]
+    assert rel(hvs_real.config_paths("mocov2", "hvs")) == ["hvs_mocov2.yaml"]
+    assert rel(hvs_real.config_paths("dino_short", "paper")) == ["hvs_dino.yaml", "overlays/dino_short_schedule.yaml",
+                                                                  "overlays/hvs_paper_rule.yaml"]
+    assert all(p.is_file() for b in hvs_real.BASES for v in hvs_real.VARIANTS for p in hvs_real.config_paths(b, v))
+    with pytest.raises(ValueError, match="unknown variant 'hard'"):
+        hvs_real.config_paths("simclr", "hard")
+    runs = [_record("simclr", "base", 0, 0.30), _record("simclr", "paper", 0, 0.32, hardest_share=1.0),
+            _record("simclr", "base", 0, 0.40, epochs=30), _record("simclr", "base", 1, 0.44, epochs=30),
+            _record("simclr", "paper", 0, 0.37, epochs=30, hardest_share=1.0)]
+    lines = hvs_real.crossover_table(runs)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    assert rows["SimCLR"][:4] == ["30.0 (seeds 0)", "-", "42.0 ± 2.8 (seeds 0,1)", "-"]
+    assert rows["HVS-SimCLR, paper"][:4] == ["32.0 (seeds 0)", "+2.0", "37.0 (seeds 0)", "-3.0"]  # seed 0's base only
+    assert rows["HVS-SimCLR, paper"][4:] == ["-", "-"]  # no 60-epoch runs
+    main = hvs_real.table([r for r in runs if r["epochs"] == 15], [])
+    paper = next(line for line in main if line.startswith("| HVS-SimCLR, paper"))
+    assert [c.strip() for c in paper.split("|")][8] == "100"  # trained on the hardest pair, %
 
 
 def test_hard_sample_gen_runs_every_arm_and_matches_compute(tmp_path):

@@ -1,6 +1,7 @@
 """Hard view selection: the selection against independent references."""
 
 import itertools
+import math
 
 import lightning as L
 import pytest
@@ -202,10 +203,12 @@ def test_short_run_selects_pairs_that_overlap_less_and_logs_a_grid(tmp_path):
 
 @pytest.mark.parametrize("cls", [HVSMoCoV2, HVSBYOL, HVSDINO], ids=lambda c: c.__name__)
 def test_training_forward_reuses_the_scoring_pass_target_outputs(cls):
-    """The chosen views' target outputs come from the scoring pass: identical values, one target
-    forward per step; ``reuse_targets=False`` recomputes them on the chosen views."""
+    """``reuse_targets=True``: the chosen views' target outputs come from the scoring pass: identical
+    values, one target forward per step; ``reuse_targets=False`` (the default, as the authors' DINO
+    code) recomputes them on the chosen views: a separate target forward, equal to one run by hand."""
+    assert cls(**TINY, **HEADS[cls], num_views=4).reuse_targets is False
     torch.manual_seed(0)
-    m = cls(**TINY, **HEADS[cls], num_views=4).eval()
+    m = cls(**TINY, **HEADS[cls], num_views=4, reuse_targets=True).eval()
     g = torch.Generator().manual_seed(5)
     batch = {"views": [torch.randn(5, 3, 16, 16, generator=g) for _ in range(4)], "index": torch.arange(5)}
     calls = []
@@ -278,3 +281,176 @@ def test_selected_is_min_iou_share_against_a_loop():
         ious = {(x, y): float(box_iou(boxes[i, x], boxes[i, y])) for x, y in m.pairs.tolist()}
         hits += ious[(int(ia[i]), int(ib[i]))] <= min(ious.values()) + 1e-6
     assert float(logged["hard/hvs_selected_is_min_iou"]) == pytest.approx(hits / b)
+
+
+# --- hardness schedules -----------------------------------------------------------------------
+def binomial_two_sided_p(k: int, n: int, q: float) -> float:
+    """Exact two-sided binomial test: the probability of an outcome no more likely than ``k``."""
+    if q >= 1:
+        return float(k == n)
+    def log_pmf(i):
+        return math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(q) + (n - i) * math.log1p(-q)
+    observed = log_pmf(k)
+    return min(1.0, sum(math.exp(log_pmf(i)) for i in range(n + 1) if log_pmf(i) <= observed + 1e-9))
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+#: upper 0.1 % points of the chi-square distribution (statistical tables), by degrees of freedom
+CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
+
+
+def hardest_of(table: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Per sample, the index of its highest-loss pair, by a loop (the reference)."""
+    return torch.tensor([max(range(len(pairs)), key=lambda p: table[pairs[p, 0], pairs[p, 1], s].item())
+                         for s in range(table.shape[2])])
+
+
+def chosen_pair_index(m, pairs):
+    sel = m.last_selection
+    lookup = {(int(a), int(b)): k for k, (a, b) in enumerate(pairs.tolist())}
+    return torch.tensor([lookup[(int(a), int(b))] for a, b in zip(sel["index_a"], sel["index_b"])])
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_hardest_pair_share_follows_the_ramp_binomial_test_per_epoch(shape):
+    """Warm-up 2 epochs, then a ramp over 4: in each epoch the number of images trained on their
+    hardest pair is Binomial(B, p + (1 - p) / P) (a random pair is the hardest one time in P), with
+    p the ramp's value written out here; nothing is scored in the warm-up."""
+    n, b = 4, 3000
+    torch.manual_seed(0)
+    table = torch.rand(n, n, b)
+    m = with_hvs(TableMethod)(table=table, num_views=n, hardness_warmup_epochs=2, hardness_ramp_epochs=4, hardness_ramp=shape)
+    m.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    pairs = m.pairs
+    hardest = hardest_of(table, pairs)
+    views = id_views(n, b)
+    scored = []
+    original_embed = m.embed
+    m.embed = lambda *a, **k: (scored.append(1), original_embed(*a, **k))[1]  # type: ignore[method-assign]
+    for epoch in range(8):
+        expected_p = 0.0 if epoch < 2 else min(1.0, (epoch - 2) / 4)
+        if shape == "cosine" and 0 < expected_p < 1:
+            expected_p = (1 - math.cos(math.pi * expected_p)) / 2
+        m.epochs_trained = lambda e=epoch: float(e)  # type: ignore[method-assign]
+        assert m.rule_probability() == pytest.approx(expected_p)
+        scored.clear()
+        m.select_views({"views": views})
+        assert bool(scored) is (expected_p > 0)  # the warm-up scores nothing
+        k = int((chosen_pair_index(m, pairs) == hardest).sum())
+        q = expected_p + (1 - expected_p) / len(pairs)
+        assert binomial_two_sided_p(k, b, q) > 1e-4, (epoch, k / b, q)
+        assert float(m.last_selection["from_rule"].float().mean()) == pytest.approx(expected_p, abs=0.04)
+
+
+def test_random_pair_prob_caps_the_rule_and_epochs_trained_counts_steps():
+    m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=4, hardness_warmup_epochs=1, hardness_ramp_epochs=2,
+                  random_pair_prob=0.2)
+    assert [m.rule_probability(e) for e in (0.0, 0.99, 1.0, 2.0, 3.0, 10.0)] == pytest.approx([0, 0, 0, 0.4, 0.8, 0.8])
+
+    class FakeTrainer:
+        global_step, max_epochs, estimated_stepping_batches = 30, 10, 200  # 20 steps an epoch
+
+    assert m.epochs_trained() == 0.0  # no trainer
+    m._trainer = FakeTrainer()
+    assert m.epochs_trained() == pytest.approx(1.5)
+    assert m.rule_probability() == pytest.approx(0.8 * 0.25)
+    m._trainer = None
+
+
+def test_soft_selection_is_the_argmax_as_tau_goes_to_0_softmax_between_and_uniform_as_tau_grows():
+    n, b = 4, 6000
+    torch.manual_seed(0)
+    one = torch.tensor([0.3, 1.0, 0.1, 0.7, 0.5, 0.2])  # the same six pair losses for every image
+    pairs = candidate_pairs(n, "all")
+    table = torch.zeros(n, n, b)
+    for k, (i, j) in enumerate(pairs.tolist()):
+        table[i, j] = one[k]
+    views = id_views(n, b)
+    counts_at = {}
+    for tau in (1e-6, 0.25, 1e6):
+        m = with_hvs(TableMethod)(table=table, num_views=n, selection_temperature=tau, selection_temperature_end=tau)
+        m.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+        m.select_views({"views": views})
+        counts_at[tau] = torch.bincount(chosen_pair_index(m, pairs), minlength=len(pairs)).float()
+    assert counts_at[1e-6].tolist() == [0, b, 0, 0, 0, 0]  # tau -> 0: the argmax, every time
+    softmax = torch.softmax(one / 0.25, dim=0)
+    assert chi_square(counts_at[0.25], softmax) < CHI2_999[5]
+    assert chi_square(counts_at[1e6], torch.full((6,), 1 / 6)) < CHI2_999[5]  # tau -> infinity: uniform
+    # random per-image tables: tau -> 0 picks each image's own argmax
+    table = torch.rand(n, n, 50)
+    m = with_hvs(TableMethod)(table=table, num_views=n, selection_temperature=1e-7, selection_temperature_end=1e-7)
+    m.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    m.select_views({"views": id_views(n, 50)})
+    assert torch.equal(chosen_pair_index(m, pairs), hardest_of(table, pairs))
+
+
+def test_temperature_and_iou_threshold_anneal_after_the_warm_up():
+    m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=4, hardness_warmup_epochs=2, selection_temperature=1.0,
+                  selection_temperature_end=0.0, temperature_schedule="linear", anneal_epochs=8)
+    assert [m.current_selection_temperature(e) for e in (0, 2, 4, 6, 10, 20)] == pytest.approx([1, 1, 0.75, 0.5, 0, 0])
+    m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=4, selection_rule="msat", iou_threshold=0.5, iou_threshold_end=0.1,
+                  iou_threshold_schedule="cosine", anneal_epochs=4)
+    assert [m.current_iou_threshold(e) for e in (0, 2, 4)] == pytest.approx([0.5, 0.3, 0.1])
+    assert HVSSimCLR(**TINY, **HEADS[HVSSimCLR], selection_rule="msat", iou_threshold=0.3).current_iou_threshold(7.0) == 0.3
+
+
+def test_msat_rule_never_returns_a_pair_above_the_threshold_when_one_below_exists():
+    """Crop boxes drawn at random: every image with a candidate pair of IoU <= threshold trains on
+    such a pair, drawn uniformly among them (chi-square on images with exactly two eligible pairs);
+    an image with none falls back to a uniformly random pair, as ``msatransform.py`` keeps its last
+    (random) draw; nothing is scored."""
+    torch.manual_seed(0)
+    n, b, threshold = 4, 4000, 0.25
+    m = HVSSimCLR(**TINY, **HEADS[HVSSimCLR], num_views=n, selection_rule="msat", iou_threshold=threshold)
+    m.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    m.embed = lambda *a, **k: pytest.fail("msat scores nothing")  # type: ignore[method-assign]
+    lo = torch.rand(b, n, 2) * 10
+    boxes = torch.cat([lo, lo + 6 + torch.rand(b, n, 2) * 10], dim=-1)
+    views = [torch.zeros(b, 3, 4, 4) for _ in range(n)]
+    m.select_views({"views": views, "boxes": boxes})
+    pairs = m.pairs
+    chosen = chosen_pair_index(m, pairs)
+    ious = torch.stack([box_iou(boxes[:, i], boxes[:, j]) for i, j in pairs.tolist()])  # [P, B], by hand
+    eligible = ious <= threshold
+    some = eligible.any(dim=0)
+    assert 0.2 < some.float().mean() < 0.95  # both cases occur
+    assert eligible[chosen[some], torch.arange(b)[some]].all()
+    none_counts = torch.bincount(chosen[~some], minlength=len(pairs)).float()
+    assert chi_square(none_counts, torch.full((len(pairs),), 1 / len(pairs))) < CHI2_999[5]
+    two = eligible.sum(0) == 2
+    first = torch.tensor([int(eligible[:, s].nonzero()[0]) for s in range(b) if two[s]])
+    picks_first = (chosen[two] == first).float()
+    assert len(picks_first) > 200
+    assert chi_square(torch.stack([picks_first.sum(), (1 - picks_first).sum()]), torch.tensor([0.5, 0.5])) < CHI2_999[1]
+    with pytest.raises(ValueError, match="'msat' needs the crop boxes"):
+        m.select_views({"views": views})
+
+
+def test_schedule_options_are_checked():
+    for kw, match in [({"hardness_ramp_epochs": -1}, "hardness_ramp_epochs must be >= 0"),
+                      ({"random_pair_prob": 1.5}, "random_pair_prob must be in"),
+                      ({"hardness_ramp": "step"}, "unknown hardness_ramp 'step'"),
+                      ({"iou_threshold": 2.0}, "iou_threshold must be in"),
+                      ({"anneal_epochs": 0}, "anneal_epochs must be > 0"),
+                      ({"selection_rule": "msat", "selection_temperature": 1.0}, "selection_temperature applies")]:
+        with pytest.raises(ValueError, match=match):
+            HVSSimCLR(**TINY, **HEADS[HVSSimCLR], **kw)
+
+
+def test_dino_warm_up_trains_on_random_combinations_without_scoring():
+    torch.manual_seed(0)
+    m = HVSDINO(**TINY, **HEADS[HVSDINO], num_views=4, num_local_crops_trained=2, hardness_warmup_epochs=1)
+    m.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    g = torch.Generator().manual_seed(2)
+    views = [torch.randn(64, 3, 16, 16, generator=g) for _ in range(4)] + [torch.randn(64, 3, 8, 8, generator=g) for _ in range(3)]
+    m.multicrop_loss = lambda *a, **k: pytest.fail("the warm-up scores nothing")  # type: ignore[method-assign]
+    chosen = m.select_views({"views": views})
+    sel = m.last_selection
+    assert [tuple(v.shape) for v in chosen] == [(64, 3, 16, 16)] * 2 + [(64, 3, 8, 8)] * 2
+    assert not sel["from_rule"].any() and "scores" not in sel
+    assert ((sel["index_a"] + sel["index_b"]) % 2 == 1).all()  # still cross-stream pairs
+    assert len({tuple(x) for x in sel["local_index"].tolist()}) == 3  # random subsets of 2 of the 3 local crops

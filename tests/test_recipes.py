@@ -10,7 +10,10 @@ from hardcl_lightning.cli import build_cli
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 HVS_KNOBS = {"num_views", "pair_mode", "limit_comparisons", "selection_resolution", "select_every", "selection_rule",
-             "reuse_targets", "scoring_updates_bn", "num_local_crops_trained"}
+             "reuse_targets", "scoring_updates_bn", "num_local_crops_trained", "hardness_warmup_epochs",
+             "hardness_ramp_epochs", "hardness_ramp", "random_pair_prob", "selection_temperature",
+             "selection_temperature_end", "temperature_schedule", "iou_threshold", "iou_threshold_end",
+             "iou_threshold_schedule", "anneal_epochs"}
 
 
 def recipe_table() -> dict[str, dict[str, str]]:
@@ -70,7 +73,7 @@ def test_every_base_config_is_in_the_table():
     assert bases == set(TABLE)
 
 
-HVS_PAIRS = [(f"hvs_{m}", f"{m}_cifar10") for m in ("simclr", "mocov2", "simsiam", "byol", "dino")] + [
+HVS_PAIRS = [(f"hvs_{m}", f"{m}_cifar10") for m in ("simclr", "mocov2", "simsiam", "simsiam_hvp", "byol", "dino")] + [
     (f"hvs_{m}_imagefolder", f"{m}_imagefolder") for m in ("simclr", "mocov2", "simsiam", "byol")] + [
     ("hvs_dino_imagefolder", "dino_vit_imagefolder")]  # HVS-DINO on ImageNet-100 is the ViT-S/16 recipe
 
