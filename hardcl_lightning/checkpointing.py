@@ -150,10 +150,11 @@ def find_resumable_checkpoint(roots: list[str | Path], hparams: dict[str, Any], 
         done = path.with_name(path.name + FINISHED)
         if done.exists() and done.stat().st_mtime >= path.stat().st_mtime:
             continue
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a foreign or damaged file is skipped, never fatal
-            print(f"[resume] skipping unreadable {path}: {e}")
+        try:  # weights_only: a file found on disk is data; unpickling it must never run its code
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign, damaged or code-carrying file is skipped, never fatal
+            print(f"[resume] not resuming from {path}: it does not load as plain tensors and values "
+                  f"(torch.load weights_only=True): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
         if not _same_hparams(ckpt.get("hyper_parameters", {}), hparams):
             continue

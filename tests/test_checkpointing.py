@@ -104,3 +104,32 @@ def test_checkpoints_carry_the_wandb_run_id_and_rng_states(tmp_path):
     assert torch.equal(torch.rand(3), first) and ckpt["wandb_run_id"] == "run-77"
     torch.save(ckpt, tmp_path / "c.ckpt")
     torch.load(tmp_path / "c.ckpt", weights_only=True)  # plain types only: safe loading still works
+
+
+class _Payload:
+    """Unpickling this creates a file: stands for code a crafted checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_resume_and_generator_checkpoint(tmp_path, capsys):
+    from hardcl_lightning.checkpointing import find_resumable_checkpoint
+    from hardcl_lightning.gan import GAN
+    from hardcl_lightning.methods.gan_training import load_gan_state
+
+    marker = tmp_path / "payload_ran"
+    bad = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    bad.parent.mkdir(parents=True)
+    torch.save({"hyper_parameters": {"lr": 0.1}, "global_step": 1, "epoch": 0, "evil": _Payload(marker),
+                "state_dict": {}}, bad)
+    assert find_resumable_checkpoint([tmp_path / "run"], {"lr": 0.1}, max_epochs=3) is None
+    assert f"not resuming from {bad.resolve()}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=f"generator_checkpoint='{bad}' does not load as plain tensors"):
+        load_gan_state(GAN(latent_dim=8, image_size=32, g_channels=8, d_channels=8), str(bad))
+    assert not marker.exists()  # the payload never ran
+    torch.load(bad, weights_only=False)  # the control: loading it unsafely does run it
+    assert marker.exists()

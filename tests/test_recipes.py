@@ -98,3 +98,24 @@ def test_each_hvs_config_is_its_base_recipe_plus_selection(hvs, base, tmp_path, 
     grid = [c for c in h.config.trainer.callbacks if c.class_path.endswith("HVSImageGrid")]
     rest = [c for c in h.config.trainer.callbacks if not c.class_path.endswith("HVSImageGrid")]
     assert len(grid) == 1 and rest == list(b.config.trainer.callbacks)
+
+
+def hvs_table() -> dict[str, dict[str, str]]:
+    section = (REPO / "docs" / "methods.md").read_text().split("What each HVS config selects", 1)[1]
+    lines = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("|")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    return {cells[0].strip("`"): dict(zip(header, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+
+
+def test_the_hvs_table_says_what_each_hvs_config_selects(tmp_path, monkeypatch):
+    table = hvs_table()
+    assert set(table) == {h for h, _ in HVS_PAIRS}
+    for hvs, base in HVS_PAIRS:
+        row, m = table[hvs], build(hvs, tmp_path, monkeypatch).model
+        assert row["base config"] == f"`{base}`"
+        got = {"rule": m.selection_rule, "warm-up epochs": f"{m.hardness_warmup_epochs:g}",
+               "ramp epochs": f"{m.hardness_ramp_epochs:g}", "random pair": f"{m.random_pair_prob:g}",
+               "temperature": f"{m.selection_temperature:g}",
+               "targets": "-" if not m.target_keys else ("reused" if m.reuse_targets else "recomputed")}
+        assert {k: row[k] for k in got} == got, hvs

@@ -32,7 +32,12 @@ def load_gan_state(gan: GAN, path: str, train_subset: dict[str, Any] | None = No
     a GAN pre-trained on the full set would leak the rest of it into a data-efficiency run."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"generator_checkpoint={path!r} does not exist; give a GANPretrain checkpoint (.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: unpickling a checkpoint must never run code it carries
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"generator_checkpoint={path!r} does not load as plain tensors and values (torch.load "
+                         f"weights_only=True), so it is not read: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
     saved = ckpt.get("train_subset")
     if train_subset is not None and saved is None:
         warnings.warn(f"generator_checkpoint={path!r} does not say which images its GAN was trained on (an older "
