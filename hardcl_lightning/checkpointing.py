@@ -165,6 +165,24 @@ def find_resumable_checkpoint(roots: list[str | Path], hparams: dict[str, Any], 
     return None
 
 
+def check_checkpoint_method(path: str | Path, class_path: str) -> None:
+    """Refuse a checkpoint of another method than ``class_path`` (the config's model), naming both:
+    LightningCLI reads a ``--ckpt_path``'s hyperparameters, class included, over the config, so a
+    MoCo v2 checkpoint given to a SimCLR config would train MoCo v2 under SimCLR's run. Read with
+    ``weights_only`` and ``mmap``: nothing runs, and only what is read is loaded. A checkpoint that
+    names no class (one not written by ``hardcl fit``) is left to Lightning."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"ckpt_path {str(path)!r} does not load as plain tensors and values (torch.load "
+                         f"weights_only=True), so it is not read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    saved = ((ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}).get("_class_path")
+    if saved and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
+        raise ValueError(f"ckpt_path {str(path)!r} is a checkpoint of {saved}, but the config's model is {class_path}: "
+                         "give the checkpoint with its own run's config (config.yaml in its run directory), or train "
+                         "this method without --ckpt_path")
+
+
 def continue_loggers(loggers: list[Any], ckpt_path: Path, ckpt: dict[str, Any]) -> None:
     """Point the loggers at the resumed run: TensorBoard/CSV reuse its ``version_N`` directory,
     Weights & Biases its run id (saved in the checkpoint by ``ResumableState``)."""

@@ -30,7 +30,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import hardcl_lightning.evaluation  # noqa: F401
 import hardcl_lightning.methods  # noqa: F401
 from hardcl_lightning.callbacks import EmbeddingWriter
-from hardcl_lightning.checkpointing import SignalCheckpoint, continue_loggers, find_resumable_checkpoint, install_atomic_checkpoint_io
+from hardcl_lightning.checkpointing import (
+    SignalCheckpoint, check_checkpoint_method, continue_loggers, find_resumable_checkpoint, install_atomic_checkpoint_io,
+)
 from hardcl_lightning.data.datamodules import SSLDataModule
 from hardcl_lightning.quiet import replace_model_summary, silence_known_noise
 from hardcl_lightning.runs import SaveConfigToRunDirectory
@@ -55,6 +57,15 @@ class HardCLCLI(LightningCLI):
         install_atomic_checkpoint_io(trainer)
         replace_model_summary(trainer)
         return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a ``--ckpt_path`` of another method than the config's, naming both, before Lightning
+        reads that checkpoint's hyperparameters (its model class among them) over the config."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_method(ckpt_path, self.config[sub].model.class_path)
+        super()._parse_ckpt_path()
 
     def before_predict(self) -> None:
         """``hardcl predict`` writes its embeddings to files (``EmbeddingWriter``) unless a config has its own writer."""

@@ -380,3 +380,25 @@ def test_a_composed_config_runs_from_the_command_line(tmp_path):
     run = subprocess.run(cmd[:-1], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "not recommended to provide both args" not in run.stdout + run.stderr
+
+
+def test_a_checkpoint_of_another_method_is_refused_naming_both(tmp_path, monkeypatch):
+    """fit / predict with --ckpt_path of a MoCo v2 checkpoint under the SimCLR config: refused before
+    anything trains, the error names both classes; a checkpoint that names no class is Lightning's."""
+    monkeypatch.chdir(tmp_path)
+    tiny = str(CONFIGS[0].parent / "tiny" / "simclr.yaml")
+    small = ["--data.init_args.num_train=32", "--data.init_args.num_val=16", "--data.init_args.batch_size=16",
+             "--data.init_args.num_workers=0", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    other = tmp_path / "moco.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": "hardcl_lightning.methods.MoCoV2"}, "state_dict": {}}, other)
+    for sub in ("fit", "predict"):
+        with pytest.raises(ValueError, match=r"checkpoint of hardcl_lightning\.methods\.MoCoV2, but the config's model is "
+                                             r"hardcl_lightning\.methods\.SimCLR"):
+            main([sub, "--config", tiny, *small, f"--ckpt_path={other}"])
+    assert not list(tmp_path.rglob("last.ckpt"))  # nothing trained
+    from hardcl_lightning.checkpointing import check_checkpoint_method
+
+    unnamed = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, unnamed)
+    check_checkpoint_method(unnamed, "hardcl_lightning.methods.SimCLR")  # no class named: not ours to judge
+    check_checkpoint_method(other, "my_package.MoCoV2")  # the same class name: a subclass's home may differ
