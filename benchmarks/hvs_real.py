@@ -222,8 +222,8 @@ def gap_to_base(rs: list[dict], base_runs: list[dict]) -> str:
 
 
 def row_name(base: str, lab: str) -> str:
-    if lab == "base":
-        return NAMES[base]
+    if lab.startswith("base"):
+        return NAMES[base] + lab.removeprefix("base")
     return f"HVS-{NAMES[base]}, {lab}"
 
 
