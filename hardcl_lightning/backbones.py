@@ -7,6 +7,8 @@ from scratch, and nothing is downloaded.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import math
 from typing import Callable
 
@@ -15,25 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock
-
-
-def _cifar_stem(model: torchvision.models.ResNet) -> None:
-    """3x3 stride-1 first conv and no max-pool: the standard change for 32 px inputs."""
-    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-
-
-def _torchvision_resnet(arch: str) -> Callable[..., tuple[nn.Module, int]]:
-    def build(cifar_stem: bool = False, zero_init_residual: bool = False, **kwargs) -> tuple[nn.Module, int]:
-        _reject_unknown(arch, kwargs, ())
-        model = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
-        if cifar_stem:
-            _cifar_stem(model)
-        dim = model.fc.in_features
-        model.fc = nn.Identity()
-        return model, dim
-
-    return build
 
 
 class TinyResNet(nn.Module):
@@ -157,12 +140,15 @@ def _vit(arch: str) -> Callable[..., tuple[nn.Module, int]]:
 
 
 BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
-    "resnet18": _torchvision_resnet("resnet18"),
-    "resnet50": _torchvision_resnet("resnet50"),
     "resnet_tiny": _tiny_resnet,
     "vit_tiny": _vit("vit_tiny"),
     "vit_small": _vit("vit_small"),
 }
+"""This package's own backbones; every other name is looked up as described in ``build_backbone``."""
+
+# Classification models whose builder adds auxiliary heads by default (their forward then returns a
+# tuple in training mode): an SSL backbone wants the plain features.
+_NO_AUX_LOGITS = ("googlenet", "inception_v3")
 
 
 def _reject_unknown(name: str, kwargs: dict, accepted: tuple[str, ...]) -> None:
@@ -173,10 +159,130 @@ def _reject_unknown(name: str, kwargs: dict, accepted: tuple[str, ...]) -> None:
         )
 
 
+def _apply_cifar_stem(name: str, model: nn.Module) -> None:
+    """3x3 stride-1 first conv and no max-pool: the standard change of a ResNet for 32 px inputs."""
+    conv1, maxpool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if not isinstance(conv1, nn.Conv2d) or maxpool is None:
+        raise ValueError(
+            f"cifar_stem applies to ResNet-style backbones (a Conv2d `conv1` and a `maxpool`); {name!r} has "
+            "no such stem: set cifar_stem: false (and mind that its stem downsamples small images)"
+        )
+    model.conv1 = nn.Conv2d(3, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+def _drop_classifier(name: str, model: nn.Module) -> int:
+    """Replace the model's last ``nn.Linear`` (its classifier) by the identity; return its input width.
+
+    torchvision's classifiers are the last Linear in module order whatever they are called (``fc``,
+    ``classifier[-1]``, ``heads.head``, ``head``), and what precedes them is pooling and flattening.
+    """
+    last = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = module_name
+    if last is None:
+        raise ValueError(
+            f"backbone {name!r} has no Linear classifier to remove (e.g. SqueezeNet's is a convolution); "
+            "give a model that returns [B, D] features through a class path instead"
+        )
+    parent_name, _, child = last.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    dim = getattr(parent, child).in_features
+    if isinstance(parent, nn.Sequential) and child.isdigit():
+        parent[int(child)] = nn.Identity()
+    else:
+        setattr(parent, child, nn.Identity())
+    return dim
+
+
+def _torchvision_backbone(name: str, cifar_stem: bool, image_size: int, kwargs: dict) -> tuple[nn.Module, int]:
+    kwargs = dict(kwargs)
+    if name.startswith("vit_"):
+        kwargs.setdefault("image_size", image_size)  # torchvision's ViTs fix their input size at build
+    if name in _NO_AUX_LOGITS:
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    try:
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"backbone {name!r} (torchvision) does not take the option(s) {sorted(kwargs)}: {err}") from None
+    if cifar_stem:
+        _apply_cifar_stem(name, model)
+    return model, _drop_classifier(name, model)
+
+
+def _timm_backbone(name: str, cifar_stem: bool, kwargs: dict) -> tuple[nn.Module, int]:
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(
+            f"backbone 'timm:{name}' needs timm: pip install 'hardcl_lightning[timm]' (or pip install timm)"
+        ) from None
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ValueError(f"unknown timm model {name!r}" + (f"; did you mean {close}?" if close else ""))
+    # num_classes=0: timm's own way to return pooled features; nothing is downloaded (pretrained=False)
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    if cifar_stem:
+        _apply_cifar_stem(f"timm:{name}", model)
+    return model, int(model.num_features)
+
+
+def _class_path_backbone(path: str, image_size: int, kwargs: dict) -> tuple[nn.Module, int]:
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"backbone class path {path!r} cannot be imported: {err}") from None
+    model = cls(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"backbone class path {path!r} built a {type(model).__name__}, not a torch.nn.Module")
+    dim = getattr(model, "feature_dim", None) or getattr(model, "num_features", None)
+    if dim is None:  # measure it: the backbone's contract is images [B, 3, H, W] -> features [B, D]
+        was_training = model.training
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, 3, image_size, image_size))
+        model.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"backbone {path!r} must map images [B, 3, H, W] to features [B, D]; it returned {shape} "
+                "(pool and flatten inside it, or give it a `feature_dim` attribute)"
+            )
+        dim = out.shape[1]
+    return model, int(dim)
+
+
 def build_backbone(name: str, cifar_stem: bool = False, image_size: int = 224, **kwargs) -> tuple[nn.Module, int]:
-    """Build a randomly initialised backbone and return it with its feature dimension."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    if name.startswith("vit"):
-        return BACKBONES[name](image_size=image_size, **kwargs)
-    return BACKBONES[name](cifar_stem=cifar_stem, **kwargs)
+    """Build a randomly initialised backbone and return it with its feature dimension.
+
+    ``name`` is one of this package's ``BACKBONES`` (``resnet_tiny``, ``vit_tiny``, ``vit_small``),
+    any torchvision classification model (``torchvision.models.list_models``: ``resnet18``,
+    ``resnet50``, ``convnext_tiny``, ``vit_b_16``, ...; its classifier removed), ``timm:<name>`` for
+    any timm model (the ``timm`` extra; ``num_classes=0``), or the import path of an ``nn.Module``
+    class (``my_pkg.nets.MyNet``; built with ``kwargs``; its ``feature_dim`` or ``num_features``
+    attribute, else measured on a dummy batch). ``kwargs`` go to the builder (e.g.
+    ``zero_init_residual`` for ResNets). ``cifar_stem`` swaps a ResNet-style stem for a 3x3 stride-1
+    conv without max-pool.
+    """
+    if name in BACKBONES:
+        if name.startswith("vit"):
+            return BACKBONES[name](image_size=image_size, **kwargs)
+        return BACKBONES[name](cifar_stem=cifar_stem, **kwargs)
+    if name.startswith("timm:"):
+        return _timm_backbone(name[len("timm:"):], cifar_stem, kwargs)
+    torchvision_names = torchvision.models.list_models(module=torchvision.models)
+    if name in torchvision_names:
+        return _torchvision_backbone(name, cifar_stem, image_size, kwargs)
+    if "." in name:
+        if cifar_stem:
+            raise ValueError(f"cifar_stem does not apply to a class-path backbone ({name!r}): build the stem you want")
+        return _class_path_backbone(name, image_size, kwargs)
+    close = difflib.get_close_matches(name, [*BACKBONES, *torchvision_names], n=3)
+    raise ValueError(
+        f"unknown backbone {name!r}"
+        + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+        + f" Accepted: {sorted(BACKBONES)}, any torchvision model (e.g. resnet18, convnext_tiny), "
+        "'timm:<name>' (pip install timm), or an nn.Module class path (my_pkg.nets.MyNet)"
+    )

@@ -87,7 +87,9 @@ class BaseMethod(NonFiniteLossGuard, ResumableState, L.LightningModule):
     """Base SSL method.
 
     Args:
-        backbone: a name from ``hardcl_lightning.backbones.BACKBONES``.
+        backbone: ``resnet_tiny``, ``vit_tiny``, ``vit_small``, any torchvision classification model
+            (``resnet18``, ``convnext_tiny``, ...), ``timm:<name>`` (the ``timm`` extra) or an
+            ``nn.Module`` class path (see ``hardcl_lightning.backbones.build_backbone``).
         cifar_stem: 3x3 stride-1 stem without max-pool, for 32-96 px images (ResNets).
         backbone_kwargs: extra options of the backbone (e.g. ``widths`` of ``resnet_tiny``).
         image_size: training image side (linked from the datamodule; ViTs need it).
