@@ -188,8 +188,77 @@ def test_corrupt_and_truncated_images_fail_by_name_or_are_skipped(image_folder):
 def test_empty_image_folder_names_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     dm = ImageFolderDataModule(train_dir=str(tmp_path / "empty"), batch_size=2, num_workers=0)
-    with pytest.raises(FileNotFoundError, match=r"empty.*no images in class sub-folders"):
+    with pytest.raises(FileNotFoundError, match=r"empty.*no class sub-folders"):
         dm.setup()
+    (tmp_path / "empty" / "cats").mkdir()
+    (tmp_path / "empty" / "cats" / "notes.txt").write_text("no image")
+    with pytest.raises(FileNotFoundError, match=r"class folder 'cats' holds no image files"):
+        ImageFolderDataModule(train_dir=str(tmp_path / "empty"), batch_size=2, num_workers=0).setup()
+
+
+def test_a_symlink_loop_in_an_image_folder_reads_each_image_once(image_folder):
+    """A link from a class folder to its parent made torchvision's walk list the files again on
+    every turn of the loop (128 files read as 2,688 samples); each real folder is now read once.
+    A linked class folder (how ImageNet-100 subsets are made) still counts."""
+    train = image_folder / "train"
+    before = ImageFolderDataModule(train_dir=str(train), batch_size=2, num_workers=0)
+    before.setup()
+    n = len(before._train)
+    (train / "class_0" / "loop").symlink_to(train, target_is_directory=True)
+    (train / "class_1" / "self").symlink_to(train / "class_1", target_is_directory=True)
+    dm = ImageFolderDataModule(train_dir=str(train), batch_size=2, num_workers=0)
+    with pytest.warns(UserWarning, match="symbolic links to folders already read"):
+        dm.setup()
+    # 3 classes x 6 images: class_0's loop reaches class_1 and class_2 once each (6 + 12), class_1's
+    # link to itself adds nothing; no (file, class) pair is listed twice
+    assert n == 18 and torch.bincount(torch.tensor(dm._train.targets)).tolist() == [18, 6, 6]
+    assert len(set(dm._train.samples)) == len(dm._train.samples)
+    linked = image_folder / "linked"
+    linked.mkdir()
+    for c in ("class_0", "class_1"):
+        (linked / c).symlink_to(train / c, target_is_directory=True)
+    dm = ImageFolderDataModule(train_dir=str(linked), batch_size=2, num_workers=0)
+    dm.setup()
+    assert len(dm._train) > 0 and dm._train.classes == ["class_0", "class_1"]
+
+
+def test_a_decompression_bomb_is_named_and_skipped_under_skip(image_folder, monkeypatch):
+    from PIL import Image
+
+    train = image_folder / "train" / "class_0"
+    Image.new("L", (400, 400)).save(train / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 400 x 400 > 2 x 10,000: PIL refuses it
+    kw = dict(train_dir=str(image_folder / "train"), val_dir=str(image_folder / "val"), image_size=24, batch_size=4, num_workers=0)
+    dm = ImageFolderDataModule(**kw)
+    dm.setup()
+    with pytest.raises(ValueError, match=r"bomb\.png.*DecompressionBombError"):
+        for _ in dm.bank_dataloader():
+            pass
+    dm = ImageFolderDataModule(**kw, bad_images="skip")
+    dm.setup()
+    with pytest.warns(UserWarning, match=r"bomb\.png.*DecompressionBombError"):
+        for _ in dm.bank_dataloader():
+            pass
+    assert {p.rsplit("/", 1)[-1] for p in dm._train.skipped} == {"bomb.png"}
+
+
+def test_16_bit_images_are_read_at_full_range(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values to 255 (a mid-grey 16-bit PNG came out near-white)."""
+    import numpy as np
+    from PIL import Image
+
+    from hardcl_lightning.data.folders import open_rgb
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    assert Image.open(tmp_path / "ramp16.png").mode.startswith("I")
+    rgb = np.asarray(open_rgb(str(tmp_path / "ramp16.png")))
+    expected = np.rint(ramp.astype(np.float64) / 65535 * 255)
+    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
+    assert np.abs(rgb[..., 0].astype(np.float64) - expected).max() <= 1 and (rgb[..., 0] == rgb[..., 2]).all()
+    assert 120 < rgb.mean() < 135  # a full ramp averages mid-grey, not near-white
+    Image.fromarray(np.full((8, 8, 3), 77, np.uint8)).save(tmp_path / "rgb8.png")
+    assert (np.asarray(open_rgb(str(tmp_path / "rgb8.png"))) == 77).all()  # 8-bit images unchanged
 
 
 def _nested_unlabeled_folder(root, n=14):

@@ -3,13 +3,12 @@
 from hardcl_lightning.data.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,
-    ImageFolderDataModule,
     ShapesDataModule,
     SSLDataModule,
     STL10DataModule,
-    UnlabeledFolderDataModule,
     class_balanced_subset,
 )
+from hardcl_lightning.data.folders import ImageFolderDataModule, UnlabeledFolderDataModule
 from hardcl_lightning.data.procedural import FACTORS, ShapesDataset, make_shapes, make_shapes_with_factors
 from hardcl_lightning.data.transforms import MultiViewTransform, ViewSpec, view_specs_for
 
