@@ -14,6 +14,7 @@ checkpoints on SIGUSR1/SIGTERM; ``find_resumable_checkpoint`` / ``continue_logge
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -22,12 +23,38 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def _temporary_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{pid}")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files of ``path`` left by writers on this host that no longer run (a
+    SIGKILL mid-write skips the clean-up); the removed paths. Another host's files are left alone:
+    its PIDs mean nothing here."""
+    removed = []
+    prefix = _temporary_name(path, 0).name[: -len("0")]
+    for tmp in path.parent.glob(f"{prefix}*"):
+        pid = tmp.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        except PermissionError:  # alive, another user's
+            pass
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """``write(f)`` into a temporary file beside ``path``, fsync, then rename it over ``path``:
-    readers see the old file or the new one, never half of one."""
+    readers see the old file or the new one, never half of one. Temporary files of earlier
+    writers that were killed mid-write are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path)
+    tmp = _temporary_name(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -109,7 +136,9 @@ class ResumableState:
 
 
 LAST = "last.ckpt"
-FINISHED = ".finished"  # "last.ckpt.finished" beside a last.ckpt: that run ended normally; never resumed
+#: a run that ended by itself leaves this file in its checkpoint directory; the checkpoints there
+#: older than it are never resumed (a checkpoint newer than it belongs to a later run there)
+FINISHED = "run.finished"
 
 
 def _completed_epochs(ckpt: dict[str, Any]) -> int:
@@ -141,17 +170,18 @@ def _same_hparams(saved: dict[str, Any], current: dict[str, Any]) -> bool:
 
 def find_resumable_checkpoint(roots: list[str | Path], hparams: dict[str, Any], max_epochs: int | None,
                               max_steps: int = -1) -> tuple[Path, dict[str, Any]] | None:
-    """The newest ``last.ckpt`` under ``roots`` of a run with the same hyperparameters that has not
-    finished (fewer completed epochs than ``max_epochs`` / fewer steps than ``max_steps``), with its
-    contents; None when there is none. What requeued jobs resume from."""
-    found = sorted({p.resolve() for r in roots if Path(r).is_dir() for p in Path(r).rglob(LAST)},
+    """The newest checkpoint (``last.ckpt``, or any ``*.ckpt`` for configs without ``save_last``)
+    under ``roots`` of a run with the same hyperparameters that has not finished (fewer completed
+    epochs than ``max_epochs`` / fewer steps than ``max_steps``, and no newer ``FINISHED`` mark in
+    its directory), with its contents; None when there is none. What requeued jobs resume from."""
+    found = sorted({p.resolve() for r in roots if Path(r).is_dir() for p in Path(r).rglob("*.ckpt") if p.is_file()},
                    key=lambda p: p.stat().st_mtime, reverse=True)
     for path in found:
-        done = path.with_name(path.name + FINISHED)
+        done = path.with_name(FINISHED)
         if done.exists() and done.stat().st_mtime >= path.stat().st_mtime:
             continue
         try:  # weights_only: a file found on disk is data; unpickling it must never run its code
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # a foreign, damaged or code-carrying file is skipped, never fatal
             print(f"[resume] not resuming from {path}: it does not load as plain tensors and values "
                   f"(torch.load weights_only=True): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -232,13 +262,22 @@ def ignore_stop_signals_in_worker(worker_id: int | None = None) -> None:
 
 
 class SignalCheckpoint(L.Callback):
-    """Checkpoint and stop at the next batch boundary on SIGUSR1 or SIGTERM (pre-emption, the
-    scheduler's warning before a time limit, ``kill``): the run then resumes from ``last.ckpt``
-    with nothing lost. Under SLURM with auto-requeue (``configs/trainer/slurm.yaml``) the requeue
-    signal also requeues the job (``scontrol requeue``) once ``last.ckpt`` is written, in place of
-    Lightning's own handler, which would save an ``hpc_ckpt`` mid-step instead. Under DDP the ranks
-    agree (any rank signalled -> all save), so the collective save cannot hang. The datamodules'
-    workers leave these signals to the main process (``ignore_stop_signals_in_worker``).
+    """Checkpoint and stop at the next batch boundary or epoch end on SIGUSR1, SIGTERM or a first
+    Ctrl-C (pre-emption, the scheduler's warning before a time limit, ``kill``): the run then
+    resumes from ``last.ckpt`` with nothing lost, and the process exits with 128 + the signal's
+    number (``hardcl``'s ``main``), so a scheduler does not take the stopped run for a finished one.
+    A second Ctrl-C interrupts at once. Under SLURM with auto-requeue (``configs/trainer/slurm.yaml``)
+    the requeue signal also requeues the job (``scontrol requeue``) once ``last.ckpt`` is written.
+
+    These handlers replace Lightning's for the fit (installed when sanity checking or training
+    starts, after Lightning's, and never chained to them): Lightning's SIGTERM handler broadcasts
+    over the process group from inside the signal handler and re-sends SIGTERM to the other ranks,
+    which hung or aborted DDP runs signalled as a group, and its fit loop then ends the run with
+    exit code 0 and no checkpoint when the signal lands between an epoch's last batch and the next
+    one; its SLURM handler would save an ``hpc_ckpt`` mid-step. Here a handler only records the
+    signal; the ranks agree at the next batch end or epoch end (any rank signalled -> all save),
+    outside the handler, so the collective save cannot hang. The datamodules' workers leave these
+    signals to the main process (``ignore_stop_signals_in_worker``).
 
     The ``hardcl`` CLI adds it to every fit.
     """
@@ -250,18 +289,22 @@ class SignalCheckpoint(L.Callback):
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self.received = signum
-        previous = self._previous.get(signum)
-        if callable(previous) and signum != self.requeue_signal:  # never Lightning's mid-step hpc save
-            previous(signum, frame)
+        import signal
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, as Python would
+        self.received = signum
+        if signum == signal.SIGINT:
+            print("\n[hardcl] Ctrl-C: writing last.ckpt at the next batch boundary, then stopping "
+                  "(Ctrl-C again to stop at once)", flush=True)
+
+    def _install(self, trainer: Any) -> None:
         import signal
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
+        if self._previous or threading.current_thread() is not threading.main_thread():
             return
-        signals = [signal.SIGTERM]
+        signals = [signal.SIGTERM, signal.SIGINT]
         env = trainer._accelerator_connector.cluster_environment
         if type(env).__name__ == "SLURMEnvironment" and getattr(env, "auto_requeue", False):
             self.requeue_signal = int(env.requeue_signal)
@@ -272,13 +315,26 @@ class SignalCheckpoint(L.Callback):
             self._previous[s] = signal.getsignal(s)
             signal.signal(s, self._handler)
 
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._install(trainer)
+
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        cb = trainer.checkpoint_callback
+        if self.received is None and not trainer.interrupted and trainer.is_global_zero and cb is not None and cb.dirpath:
+            # a run that ended by itself (max_epochs/steps, early stopping) is complete: mark it
+            Path(cb.dirpath).mkdir(parents=True, exist_ok=True)
+            (Path(cb.dirpath) / FINISHED).touch()
+        self._restore()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
         import signal
 
-        cb = trainer.checkpoint_callback
-        if self.received is None and not trainer.interrupted and trainer.is_global_zero and cb is not None and cb.last_model_path:
-            # a run that ended by itself (max_epochs/steps, early stopping) is complete: mark it
-            Path(cb.last_model_path + FINISHED).touch()
         for s, previous in self._previous.items():
             signal.signal(s, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
@@ -289,17 +345,30 @@ class SignalCheckpoint(L.Callback):
         return Path(directory) / LAST
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._checkpoint_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # a signal that lands after the epoch's last batch (in its validation, say) is seen here
+        self._checkpoint_if_signalled(trainer)
+
+    def _checkpoint_if_signalled(self, trainer: Any) -> None:
+        if self.saved_path is not None:
+            return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         self.saved_path = path
         trainer.should_stop = True
+        if self.received is None:  # another rank was signalled
+            import signal
+
+            self.received = int(signal.SIGTERM)
         if not trainer.is_global_zero:
             return
         print(f"[hardcl] signal {self.received}: checkpoint written to {path} at global step {trainer.global_step}; "
               "run the same command again to resume", flush=True)
-        if self.received is not None and self.received == self.requeue_signal:
+        if self.received == self.requeue_signal:
             requeue_slurm_job()
 
 

@@ -226,9 +226,15 @@ def eval_main(args: list[str] | None = None) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``hardcl`` and ``python -m hardcl_lightning`` (returns nothing: a console
-    script's return value becomes its exit status)."""
+    script's return value becomes its exit status). A fit stopped by a signal, its checkpoint
+    written, exits with 128 + the signal's number, as a process killed by it would: the job did not
+    finish, and a scheduler or a shell loop must not take it for done."""
     silence_known_noise()
-    build_cli(args)
+    cli = build_cli(args)
+    stopped = next((cb.received for cb in getattr(cli.trainer, "callbacks", []) if isinstance(cb, SignalCheckpoint)
+                    and cb.saved_path is not None), None)
+    if stopped is not None:
+        sys.exit(128 + int(stopped))
 
 
 if __name__ == "__main__":  # pragma: no cover

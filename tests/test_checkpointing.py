@@ -28,6 +28,42 @@ def test_interrupted_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert torch.load(path)["step"] == 3
 
 
+def test_temporaries_of_killed_writers_are_removed_at_the_next_write(tmp_path):
+    """A SIGKILL mid-write skips the clean-up; the next write removes what dead writers on this host
+    left, and leaves a live writer's file and another host's alone."""
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "last.ckpt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".last.ckpt.tmp-{host}-{int(dead.stdout)}"
+    live = tmp_path / f".last.ckpt.tmp-{host}-1"  # PID 1 runs
+    other_host = tmp_path / f".last.ckpt.tmp-elsewhere-{int(dead.stdout)}"
+    for p in (stale, live, other_host):
+        p.write_bytes(b"half a checkpoint")
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", live.name, other_host.name])
+
+
+def test_a_run_without_last_ckpt_resumes_from_its_newest_epoch_checkpoint(tmp_path):
+    """Configs without save_last (configs/tiny) keep epoch=N checkpoints only; those resume too,
+    unless the run's FINISHED mark is newer."""
+    import os
+
+    from hardcl_lightning.checkpointing import FINISHED, find_resumable_checkpoint
+
+    hp = {"lr": 0.1}
+    a = _ckpt(tmp_path / "version_0/checkpoints/epoch=0-step=8.ckpt", hp, 1)
+    b = _ckpt(tmp_path / "version_0/checkpoints/epoch=1-step=16.ckpt", hp, 2)
+    os.utime(a, (1000, 1000))
+    os.utime(b, (1001, 1001))
+    assert find_resumable_checkpoint([tmp_path], hp, max_epochs=3)[0] == b.resolve()
+    (b.parent / FINISHED).touch()
+    assert find_resumable_checkpoint([tmp_path], hp, max_epochs=3) is None
+
+
 def test_the_cli_writes_checkpoints_atomically_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from pathlib import Path
@@ -60,8 +96,8 @@ def test_find_resumable_checkpoint_picks_the_newest_unfinished_compatible_run(tm
     path, ckpt = find_resumable_checkpoint([tmp_path], {"lr": 0.1, "crop": [0.2, 1.0]}, max_epochs=3)
     assert path == new.resolve() and ckpt["epoch"] == 2
     assert find_resumable_checkpoint([tmp_path], {"lr": 0.1, "crop": [0.2, 1.0]}, max_epochs=2)[0] == old.resolve()
-    (new.parent / (new.name + FINISHED)).touch()  # that run ended by itself
-    os.utime(new.parent / (new.name + FINISHED), (2000, 2000))
+    (new.parent / FINISHED).touch()  # that run ended by itself
+    os.utime(new.parent / FINISHED, (2000, 2000))
     assert find_resumable_checkpoint([tmp_path], {"lr": 0.1, "crop": [0.2, 1.0]}, max_epochs=3)[0] == old.resolve()
     assert find_resumable_checkpoint([tmp_path], {"lr": 0.3}, max_epochs=3) is None
 

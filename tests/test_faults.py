@@ -21,15 +21,23 @@ STEPS_PER_EPOCH, EPOCHS = 8, 3
 
 
 class StepMarker(L.Callback):
-    """Appends the global step after every training batch (and can slow steps down)."""
+    """Appends the global step after every training batch, and the epoch to ``<path>.epochs`` when
+    one ends (and can slow both down, so that a signal lands there)."""
 
     def __init__(self, path: str, sleep: float = 0.0) -> None:
         self.path, self.sleep = path, sleep
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        with open(self.path, "a") as f:
-            f.write(f"{trainer.global_step}\n")
+        if trainer.is_global_zero:  # one line per step under DDP too
+            with open(self.path, "a") as f:
+                f.write(f"{trainer.global_step}\n")
         time.sleep(self.sleep)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            with open(self.path + ".epochs", "a") as f:
+                f.write(f"{trainer.current_epoch}\n")
+        time.sleep(3 * self.sleep)
 
 
 SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "hardcl-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
@@ -79,35 +87,55 @@ def last_ckpt(tmp_path: Path) -> Path:
     return found[0]
 
 
-def interrupt(tmp_path: Path, sig: int, after_step: int, num_workers: int = 0, slurm: bool = False) -> tuple[int, str]:
-    """Start a run in its own process group; at ``after_step`` send ``sig`` to the whole group."""
-    proc = subprocess.Popen(command(tmp_path, sleep=0.3, num_workers=num_workers, slurm=slurm), cwd=tmp_path,
+def epochs_ended(tmp_path: Path) -> int:
+    f = tmp_path / "steps.txt.epochs"
+    return len(f.read_text().split()) if f.exists() else 0
+
+
+def interrupt(tmp_path: Path, sig: int, after_step: int, num_workers: int = 0, slurm: bool = False,
+              at_epoch_end: bool = False, extra=()) -> tuple[int, str]:
+    """Start a run in its own process group; at ``after_step`` (or, ``at_epoch_end``, once the
+    first epoch's last batch is done and its end hooks run) send ``sig`` to the whole group."""
+    proc = subprocess.Popen(command(tmp_path, sleep=0.3, extra=extra, num_workers=num_workers, slurm=slurm), cwd=tmp_path,
                             env=env(tmp_path, slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
-    while (not steps(tmp_path) or steps(tmp_path)[-1] < after_step) and time.time() < deadline and proc.poll() is None:
+
+    def waiting() -> bool:
+        return not epochs_ended(tmp_path) if at_epoch_end else (not steps(tmp_path) or steps(tmp_path)[-1] < after_step)
+
+    while waiting() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     os.killpg(proc.pid, sig)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # a hang: end the whole group, then fail with what it printed
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+        pytest.fail(f"no exit within 120 s of {signal.Signals(sig).name}:\n{out[-3000:]}")
     return proc.returncode, out
 
 
-def restart(tmp_path: Path, num_workers: int = 0) -> str:
-    done = subprocess.run(command(tmp_path, sleep=0.0, num_workers=num_workers), cwd=tmp_path, env=env(),
+def restart(tmp_path: Path, num_workers: int = 0, extra=()) -> str:
+    done = subprocess.run(command(tmp_path, sleep=0.0, extra=extra, num_workers=num_workers), cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("sig", "num_workers", "slurm"), [
-    (signal.SIGKILL, 0, False),
-    (signal.SIGUSR1, 2, False),
-    (signal.SIGTERM, 2, False),
-    (signal.SIGUSR1, 2, True),
-], ids=["SIGKILL", "SIGUSR1-group-2-workers", "SIGTERM-group-2-workers", "SLURM-requeue-SIGUSR1-group-2-workers"])
-def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, num_workers, slurm, tmp_path):
-    rc, out = interrupt(tmp_path, sig, after_step=CKPT_EVERY + 2, num_workers=num_workers, slurm=slurm)
+@pytest.mark.parametrize(("sig", "num_workers", "slurm", "at_epoch_end"), [
+    (signal.SIGKILL, 0, False, False),
+    (signal.SIGUSR1, 2, False, False),
+    (signal.SIGTERM, 2, False, False),
+    (signal.SIGINT, 2, False, False),
+    (signal.SIGTERM, 0, False, True),
+    (signal.SIGUSR1, 2, True, False),
+], ids=["SIGKILL", "SIGUSR1-group-2-workers", "SIGTERM-group-2-workers", "Ctrl-C-group-2-workers",
+        "SIGTERM-after-an-epochs-last-batch", "SLURM-requeue-SIGUSR1-group-2-workers"])
+def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, num_workers, slurm, at_epoch_end, tmp_path):
+    rc, out = interrupt(tmp_path, sig, after_step=CKPT_EVERY + 2, num_workers=num_workers, slurm=slurm,
+                        at_epoch_end=at_epoch_end)
     before = steps(tmp_path)
     done_before = before[-1]
     saved = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)["global_step"]
@@ -115,8 +143,12 @@ def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(si
     print(f"\n[fault] {signal.Signals(sig).name}: exit {rc}, steps done {done_before}, checkpoint at {saved}, steps lost {lost}")
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL and 0 <= lost < CKPT_EVERY + 1
-    else:  # a signal: checkpoint at the next batch boundary, nothing lost, the workers did not die first
+    else:  # a signal: checkpoint at the next batch boundary, nothing lost, the workers did not die first,
+        # and the exit status says the run was stopped by that signal (a scheduler must not see "done")
         assert "checkpoint written" in out, out[-3000:]
+        assert rc == 128 + sig, (rc, out[-3000:])
+        if at_epoch_end:  # Lightning's own handler ended such a run with exit 0 and no checkpoint
+            assert saved == STEPS_PER_EPOCH
         assert "DataLoader worker" not in out, out[-3000:]
         assert lost == 0
     if slurm:  # the job was requeued once, after the checkpoint, by SignalCheckpoint (no mid-step hpc_ckpt)
@@ -130,6 +162,29 @@ def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(si
     assert after[-1] == STEPS_PER_EPOCH * EPOCHS
     assert torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)["global_step"] == STEPS_PER_EPOCH * EPOCHS
     assert len(list((tmp_path / "runs").rglob("version_*"))) == 1  # logs continue in the same run directory
+
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+
+@pytest.mark.parametrize(("sig", "at_epoch_end"), [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGUSR1, False)],
+                         ids=["SIGTERM-mid-epoch", "SIGTERM-after-an-epochs-last-batch", "SIGUSR1-mid-epoch"])
+def test_a_two_process_ddp_run_signalled_as_a_group_checkpoints_exits_and_resumes(sig, at_epoch_end, tmp_path):
+    """Both ranks get the signal (a scheduler signals the job's process group). Lightning's own
+    SIGTERM handler broadcast from inside the handler and re-signalled rank 1: hangs, gloo aborts,
+    exits 0 without a checkpoint (6 of 11 tries). Here: a checkpoint of the last finished step, exit
+    128 + signal, no hang (bounded), and the restarted DDP run finishes the schedule."""
+    steps_per_epoch = STEPS_PER_EPOCH // 2  # each rank takes half of every epoch
+    rc, out = interrupt(tmp_path, sig, after_step=steps_per_epoch + 1, at_epoch_end=at_epoch_end, extra=DDP)
+    saved = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=True)["global_step"]
+    print(f"\n[fault] DDP {signal.Signals(sig).name}: exit {rc}, steps done {steps(tmp_path)[-1]}, checkpoint at {saved}")
+    assert rc == 128 + sig and "checkpoint written" in out, (rc, out[-3000:])
+    assert saved == steps(tmp_path)[-1] and (saved == steps_per_epoch if at_epoch_end else saved > steps_per_epoch)
+    before = len(steps(tmp_path))
+    log = restart(tmp_path, extra=DDP)
+    assert "resuming the unfinished run" in log
+    after = steps(tmp_path)[before:]
+    assert after[0] == saved + 1 and after[-1] == steps_per_epoch * EPOCHS
 
 
 def test_finished_runs_and_resume_never_start_fresh(tmp_path):
