@@ -213,9 +213,45 @@ def check_checkpoint_method(path: str | Path, class_path: str) -> None:
                          "this method without --ckpt_path")
 
 
+def _logged_steps(ckpt: dict[str, Any]) -> int | None:
+    """The logging step a checkpoint was written at (Lightning logs at ``_batches_that_stepped``)."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def continuing_csv_writer(log_dir: str, keep_until_step: int | None) -> Any:
+    """Lightning's CSV ``ExperimentWriter`` for a resumed run: it deletes the ``metrics.csv`` it
+    finds ("Previous log files ... will be deleted"), so a resumed run kept only the epochs after
+    the stop. This one keeps the file's rows up to the checkpoint's logging step (the rows after it
+    are logged again by the resumed run) and its columns, and appends."""
+    import csv
+
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class ContinuingExperimentWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if not self._fs.isfile(self.metrics_file_path):
+                return
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                reader = csv.DictReader(f)
+                keys = list(reader.fieldnames or [])
+                rows = [r for r in reader if keep_until_step is None or not r.get("step")
+                        or float(r["step"]) <= keep_until_step]
+            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+            self.metrics_keys = sorted(keys)
+
+    return ContinuingExperimentWriter(log_dir)
+
+
 def continue_loggers(loggers: list[Any], ckpt_path: Path, ckpt: dict[str, Any]) -> None:
-    """Point the loggers at the resumed run: TensorBoard/CSV reuse its ``version_N`` directory,
-    Weights & Biases its run id (saved in the checkpoint by ``ResumableState``)."""
+    """Point the loggers at the resumed run: TensorBoard/CSV reuse its ``version_N`` directory (the
+    CSV file keeps the rows logged before the checkpoint), Weights & Biases its run id (saved in
+    the checkpoint by ``ResumableState``)."""
     version = next((p.name for p in ckpt_path.parents if p.name.startswith("version_")), None)
     for logger in loggers:
         kind = type(logger).__name__
@@ -224,6 +260,8 @@ def continue_loggers(loggers: list[Any], ckpt_path: Path, ckpt: dict[str, Any]) 
             logger._wandb_init.update(id=ckpt["wandb_run_id"], resume="allow")
         elif kind in ("TensorBoardLogger", "CSVLogger") and version is not None and getattr(logger, "_version", 0) is None:
             logger._version = int(version.split("_", 1)[1]) if version.split("_", 1)[1].isdigit() else version
+            if kind == "CSVLogger" and getattr(logger, "_experiment", None) is None:
+                logger._experiment = continuing_csv_writer(logger.log_dir, _logged_steps(ckpt))
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")

@@ -68,9 +68,24 @@ class HardCLCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_predict(self) -> None:
-        """``hardcl predict`` writes its embeddings to files (``EmbeddingWriter``) unless a config has its own writer."""
-        if not any(isinstance(cb, EmbeddingWriter) for cb in self.trainer.callbacks):
-            self.trainer.callbacks.append(EmbeddingWriter())
+        """``hardcl predict`` writes its embeddings to files (``EmbeddingWriter``) unless a config has
+        its own writer: into ``predictions/`` of the run that wrote ``--ckpt_path`` (the directory
+        holding its ``checkpoints/``). Predicting logs nothing, so it opens no logger version of its
+        own (each ``predict`` added a ``version_N`` beside the training run) and does not write its
+        config over the training run's ``config.yaml``."""
+        ckpt_path = self.config_init["predict"].get("ckpt_path")
+        run_dir = None
+        if ckpt_path and "://" not in str(ckpt_path):
+            parent = Path(ckpt_path).resolve().parent
+            run_dir = parent.parent if parent.name == "checkpoints" else parent
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, EmbeddingWriter)), None)
+        if writer is None:
+            writer = EmbeddingWriter()
+            self.trainer.callbacks.append(writer)
+        if writer.output_dir is None and run_dir is not None:
+            writer.output_dir = str(run_dir / "predictions")
+        self.trainer.logger = None
+        self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, SaveConfigToRunDirectory)]
 
     def before_fit(self) -> None:
         """Signal checkpoints for every fit; the automatic resume of an unfinished run."""

@@ -97,6 +97,41 @@ def test_progress_line_reports_the_mean_loss_images_and_time_left(tmp_path, capl
         ProgressLine(every_n_seconds=-1)
 
 
+def test_progress_line_after_a_mid_epoch_resume_counts_only_what_it_measured(monkeypatch, caplog):
+    """Resumed at batch 6 of 8 after a 100 s start-up, then 1 s and 16 images a batch: 16 img/s
+    and 2 more epochs of 8 batches (~0:16) left, where the start-up used to count as throughput
+    time and the partial epoch as a whole one (0 img/s, hours left)."""
+    import logging
+    import re
+
+    from hardcl_lightning.callbacks import ProgressLine
+    from hardcl_lightning.callbacks import progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    trainer = type("T", (), {"max_epochs": 3, "current_epoch": 0, "num_training_batches": 8, "world_size": 1,
+                             "callback_metrics": {}})()
+    line = ProgressLine(every_n_seconds=0)
+    batch = {"views": [torch.zeros(16, 3, 4, 4)]}
+    with caplog.at_level(logging.INFO):
+        line.on_train_start(trainer, None)
+        line.on_train_epoch_start(trainer, None)
+        for i, batch_idx in enumerate((5, 6, 7)):
+            clock[0] += 100.0 if i == 0 else 1.0
+            line.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, batch, batch_idx)
+        line.on_train_epoch_end(trainer, None)
+        trainer.current_epoch = 1
+        line.on_train_epoch_start(trainer, None)
+        for batch_idx in range(8):  # a whole epoch: 8 s, now the mean epoch
+            clock[0] += 1.0
+            line.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, batch, batch_idx)
+        clock[0] += 2.0  # validation
+        line.on_train_epoch_end(trainer, None)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert re.fullmatch(r"epoch 1/3 \| loss 2\.0000 \| 16 img/s \| 1:42 elapsed \| ~0:16 left", lines[0]), lines
+    assert re.fullmatch(r"epoch 2/3 \| loss 2\.0000 \| 16 img/s \| 1:52 elapsed \| ~0:10 left", lines[1]), lines
+
+
 def test_probe_and_knn_say_why_they_are_off_for_unlabeled_images(tmp_path, caplog, image_folder):
     import logging
 

@@ -144,7 +144,7 @@ def test_validate_test_predict_and_wandb_offline(tmp_path, monkeypatch):
                      "--trainer.callbacks=[]"])
     preds = cli.trainer.predict_loop.predictions
     assert sum(p["feats"].shape[0] for p in preds) == 32 and preds[0]["feats"].shape[1] == cli.model.feature_dim
-    written = torch.load(tmp_path / "predictions" / "embeddings.pt")  # no logger: the default_root_dir
+    written = torch.load(ckpt.parents[1] / "predictions" / "embeddings.pt")  # the checkpoint's run directory
     assert torch.allclose(written["embeddings"], torch.cat([p["feats"] for p in preds]))
 
 
@@ -402,3 +402,20 @@ def test_a_checkpoint_of_another_method_is_refused_naming_both(tmp_path, monkeyp
     torch.save({"state_dict": {}}, unnamed)
     check_checkpoint_method(unnamed, "hardcl_lightning.methods.SimCLR")  # no class named: not ours to judge
     check_checkpoint_method(other, "my_package.MoCoV2")  # the same class name: a subclass's home may differ
+
+
+def test_predict_writes_into_the_checkpoints_run_and_opens_no_run_of_its_own(tmp_path, monkeypatch):
+    """Each predict used to add a version_N beside the training run (and write its config there)."""
+    monkeypatch.chdir(tmp_path)
+    tiny = str(CONFIGS[0].parent / "tiny" / "simclr.yaml")
+    small = ["--data.init_args.num_train=32", "--data.init_args.num_val=16", "--data.init_args.batch_size=16",
+             "--data.init_args.num_workers=0", "--trainer.max_epochs=1"]
+    main(["fit", "--config", tiny, *small])
+    runs = sorted(p.name for p in (tmp_path / "runs" / "tiny_simclr" / "lightning_logs").iterdir())
+    run = tmp_path / "runs" / "tiny_simclr" / "lightning_logs" / "version_0"
+    config_before = (run / "config.yaml").read_text()
+    ckpt = next(run.rglob("*.ckpt"))
+    for _ in range(2):
+        main(["predict", "--config", tiny, *small, f"--ckpt_path={ckpt}"])
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny_simclr" / "lightning_logs").iterdir()) == runs == ["version_0"]
+    assert (run / "predictions" / "embeddings.pt").is_file() and (run / "config.yaml").read_text() == config_before

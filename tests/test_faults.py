@@ -52,6 +52,7 @@ def command(tmp_path: Path, sleep: float, extra=(), num_workers: int = 0, slurm:
       init_args: {auto_requeue: true, requeue_signal: SIGUSR1}""" if slurm else ""
     override.write_text(f"""trainer:
   max_epochs: {EPOCHS}{plugins}
+  log_every_n_steps: 1
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{every_n_train_steps: {CKPT_EVERY}, save_last: true}}
@@ -79,6 +80,17 @@ def env(tmp_path: Path | None = None, slurm: bool = False):
 def steps(tmp_path: Path) -> list[int]:
     f = tmp_path / "steps.txt"
     return [int(x) for x in f.read_text().split()] if f.exists() else []
+
+
+def csv_rows(tmp_path: Path) -> list[dict]:
+    import csv
+
+    files = list(tmp_path.rglob("metrics.csv"))
+    assert len(files) <= 1, files
+    if not files:
+        return []
+    with open(files[0], newline="") as f:  # the columns may grow after a resume: compare the filled values
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
 def last_ckpt(tmp_path: Path) -> Path:
@@ -155,8 +167,15 @@ def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(si
         assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", SLURM_JOB["SLURM_JOB_ID"]]
         assert out.index("checkpoint written") < out.index("requeued SLURM job")
         assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))
+    metrics_before = csv_rows(tmp_path)
     log = restart(tmp_path, num_workers)
     assert "resuming the unfinished run" in log
+    metrics_after = csv_rows(tmp_path)  # Lightning's CSV logger deleted the rows logged before a resume
+    kept = [row for row in metrics_before if int(row["step"]) < saved]  # logged before the checkpoint
+    assert kept and all(row in metrics_after for row in kept), (metrics_before, metrics_after)
+    assert sorted({int(row["step"]) for row in metrics_after if "train/loss" in row}) == list(range(STEPS_PER_EPOCH * EPOCHS))
+    if sig != signal.SIGKILL:  # a signal stop flushes the logs (a SIGKILL loses what was not yet written)
+        assert len(metrics_before) >= saved
     after = steps(tmp_path)[len(before):]
     assert after[0] == saved + 1  # the first step after the restart continues from the checkpoint
     assert after[-1] == STEPS_PER_EPOCH * EPOCHS

@@ -58,13 +58,14 @@ def scatter_png(points: np.ndarray, labels: np.ndarray, title: str, class_names:
 class EmbeddingWriter(L.Callback):
     """Collects ``predict_step``'s backbone features and writes them once prediction ends.
 
-    Files in ``output_dir`` (default: ``predictions/`` in the run's directory):
+    Files in ``output_dir`` (default: ``predictions/`` in the run's directory; ``hardcl predict``
+    sets it to the checkpoint's run directory):
     ``embeddings.pt`` (a dict: ``embeddings`` [N, D] float32, ``labels`` [N] (-1 = no label),
     ``indices`` [N] (positions in the split), ``paths`` (the image files, or None), ``split``,
     ``checkpoint``), the same as ``embeddings.npy`` / ``labels.npy`` / ``paths.txt`` for numpy
     users, ``embeddings_pca.png`` (the first two principal components, coloured by label) and,
     when the optional ``umap-learn`` package is installed, ``embeddings_umap.png``. The plots
-    also go to the logger when it takes images. Under DDP every rank's share is gathered, the
+    also go to the logger when there is one that takes images (``hardcl predict`` runs without). Under DDP every rank's share is gathered, the
     sampler's padding dropped, and rank 0 writes. The ``hardcl predict`` command adds one.
 
     Args:
