@@ -105,7 +105,7 @@ def one_try(work: Path, sig: int, at_epoch_end: bool, processes: int, timeout: f
         out = proc.communicate()[0]
         return {**record, "ok": False, "why": f"hang: no exit within {timeout:.0f} s", "tail": out[-1500:]}
     record.update(exit=proc.returncode, seconds_to_exit=round(time.time() - start, 1), steps_done=_lines(steps)[-1])
-    found = list(work.rglob("last.ckpt"))
+    found = list(work.rglob("last*.ckpt"))  # exactly one "last": a last-v1.ckpt beside it fails
     if proc.returncode != 128 + sig:
         return {**record, "ok": False, "why": f"exit {proc.returncode}, expected {128 + sig}", "tail": out[-1500:]}
     if len(found) != 1:

@@ -395,7 +395,17 @@ class SignalCheckpoint(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         path = self.checkpoint_path(trainer)
+        # ModelCheckpoint(save_last) must take this file for its own "last": otherwise its
+        # on_train_end, seeing no last of its own yet, writes last-v1.ckpt beside it (after the stop,
+        # with a loop state that resumes wrongly), and after a resume it would write beside it again
+        owners = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_last", None)
+                  and cb.dirpath and Path(cb.dirpath).resolve() == path.parent.resolve()]
+        for cb in owners:
+            cb.last_model_path = str(path)  # before saving: it is part of the saved callback state
         trainer.save_checkpoint(path)
+        for cb in owners:
+            if hasattr(cb, "_last_checkpoint_saved"):
+                cb._last_checkpoint_saved = str(path)
         self.saved_path = path
         trainer.should_stop = True
         if self.received is None:  # another rank was signalled

@@ -94,7 +94,7 @@ def csv_rows(tmp_path: Path) -> list[dict]:
 
 
 def last_ckpt(tmp_path: Path) -> Path:
-    found = list(tmp_path.rglob("last.ckpt"))
+    found = list(tmp_path.rglob("last*.ckpt"))  # one "last": no last-v1.ckpt beside it
     assert len(found) == 1, found
     return found[0]
 
@@ -136,17 +136,18 @@ def restart(tmp_path: Path, num_workers: int = 0, extra=()) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("sig", "num_workers", "slurm", "at_epoch_end"), [
-    (signal.SIGKILL, 0, False, False),
-    (signal.SIGUSR1, 2, False, False),
-    (signal.SIGTERM, 2, False, False),
-    (signal.SIGINT, 2, False, False),
-    (signal.SIGTERM, 0, False, True),
-    (signal.SIGUSR1, 2, True, False),
-], ids=["SIGKILL", "SIGUSR1-group-2-workers", "SIGTERM-group-2-workers", "Ctrl-C-group-2-workers",
+@pytest.mark.parametrize(("sig", "num_workers", "slurm", "at_epoch_end", "after_step"), [
+    (signal.SIGKILL, 0, False, False, CKPT_EVERY + 2),
+    (signal.SIGUSR1, 2, False, False, CKPT_EVERY + 2),
+    (signal.SIGTERM, 2, False, False, CKPT_EVERY + 2),
+    (signal.SIGINT, 2, False, False, 2),  # before ModelCheckpoint's first save: its last.ckpt is ours
+    (signal.SIGTERM, 0, False, True, None),
+    (signal.SIGUSR1, 2, True, False, CKPT_EVERY + 2),
+], ids=["SIGKILL", "SIGUSR1-group-2-workers", "SIGTERM-group-2-workers", "Ctrl-C-group-2-workers-before-any-checkpoint",
         "SIGTERM-after-an-epochs-last-batch", "SLURM-requeue-SIGUSR1-group-2-workers"])
-def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, num_workers, slurm, at_epoch_end, tmp_path):
-    rc, out = interrupt(tmp_path, sig, after_step=CKPT_EVERY + 2, num_workers=num_workers, slurm=slurm,
+def test_killed_run_restarts_and_loses_at_most_the_steps_since_its_checkpoint(sig, num_workers, slurm, at_epoch_end, after_step,
+                                                                              tmp_path):
+    rc, out = interrupt(tmp_path, sig, after_step=after_step, num_workers=num_workers, slurm=slurm,
                         at_epoch_end=at_epoch_end)
     before = steps(tmp_path)
     done_before = before[-1]
