@@ -257,5 +257,33 @@ def test_nonfinite_loss_raises_naming_step_and_terms_or_skips(tmp_path, monkeypa
     trainer.fit(m, dm)
     assert m.skipped_nonfinite_steps == 1  # that update alone was dropped; training went on
     assert all(torch.isfinite(p).all() for p in m.parameters())
+    # the NaN image's forward also reached BatchNorm's running statistics: put back with the skip
+    assert all(torch.isfinite(b).all() for n, b in m.named_buffers() if "running_" in n)
     with pytest.raises(ValueError, match=r"on_nonfinite_loss must be one of \['raise', 'skip'\], got 'ignore'"):
         cls(**(kwargs | {"on_nonfinite_loss": "ignore"}))
+
+
+def test_skip_stops_a_diverged_run_and_no_checkpoint_holds_non_finite_weights(tmp_path):
+    """Every batch from the third on is NaN: ``skip`` drops them up to ``max_consecutive_nonfinite``
+    in a row, then stops with an error (a diverged run used to finish with exit 0); a checkpoint of
+    non-finite weights is refused."""
+
+    class PoisonFromThirdBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx >= 2:
+                batch["views"][0][0] = float("nan")
+
+    torch.manual_seed(0)
+    m = make(SimCLR, on_nonfinite_loss="skip", optimizer="sgd", lr=0.01)
+    m.max_consecutive_nonfinite = 3
+    dm = ShapesDataModule(num_train=80, num_val=12, batch_size=8, num_workers=0, image_size=16)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, callbacks=[PoisonFromThirdBatch()], enable_model_summary=False)
+    with pytest.raises(FloatingPointError, match=r"3 non-finite training losses in a row \(global step 4, 3 skipped in all\)"):
+        trainer.fit(m, dm)
+    assert all(torch.isfinite(t).all() for t in [*m.parameters(), *m.buffers()] if t.is_floating_point())
+    with torch.no_grad():
+        next(m.projector.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"not writing a checkpoint with non-finite values in projector\."):
+        trainer.save_checkpoint(tmp_path / "nan.ckpt")
+    assert not (tmp_path / "nan.ckpt").exists()

@@ -55,32 +55,75 @@ class NonFiniteLossGuard:
     """The one check that a loss is finite before its backward pass and optimiser step, so that a
     NaN never reaches the weights or a checkpoint. ``raise`` stops with an error naming the loss,
     the step and the non-finite embeddings; ``skip`` drops that update, counts it
-    (``skipped_nonfinite_steps``, logged as ``train/skipped_nonfinite_steps``) and goes on. Every
-    optimiser of a module (the contrastive model's, a GAN's generator and discriminator) goes
-    through it, under the module's one ``on_nonfinite_loss`` policy."""
+    (``skipped_nonfinite_steps``, logged as ``train/skipped_nonfinite_steps``), puts back the
+    buffers the step's forward passes changed (BatchNorm's running statistics took the NaN before
+    the loss showed it) and goes on, until ``max_consecutive_nonfinite`` steps in a row were
+    skipped: then the run has diverged and stops with an error, rather than finishing with exit 0
+    on weights that no longer train. Every optimiser of a module (the contrastive model's, a GAN's
+    generator and discriminator) goes through it, under the module's one ``on_nonfinite_loss``
+    policy. Whatever the policy, a checkpoint with non-finite weights or normalisation statistics
+    is never written."""
+
+    #: consecutive skipped (non-finite) steps after which ``skip`` stops the run
+    max_consecutive_nonfinite = 20
 
     def init_nonfinite_guard(self, on_nonfinite_loss: str) -> None:
         if on_nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite_loss must be one of {list(NONFINITE_POLICIES)}, got {on_nonfinite_loss!r}")
         self.on_nonfinite_loss = on_nonfinite_loss
         self.skipped_nonfinite_steps = 0
+        self.consecutive_nonfinite_steps = 0
+        self._buffers_at_batch_start: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        parent = getattr(super(), "on_train_batch_start", None)
+        if parent is not None:
+            parent(batch, batch_idx)
+        if self.on_nonfinite_loss == "skip":  # what a skipped step puts back: a few KB of BN statistics
+            self._buffers_at_batch_start = {n: b.detach().clone() for n, b in self.named_buffers()  # type: ignore[attr-defined]
+                                            if b.is_floating_point()}
 
     def nonfinite(self, loss: torch.Tensor, outs: Sequence[ViewOutputs] = (), name: str = "training loss",
                   remedy: str = "Lower the LR, check the data") -> bool:
-        """True when this update must be skipped; raises for ``on_nonfinite_loss="raise"``.
+        """True when this update must be skipped; raises for ``on_nonfinite_loss="raise"``, and for
+        ``skip`` once ``max_consecutive_nonfinite`` steps in a row were skipped.
         ``outs``: the embeddings the loss came from (the error names the non-finite ones)."""
         if torch.isfinite(loss).all():
+            self.consecutive_nonfinite_steps = 0
             return False
         if self.on_nonfinite_loss == "skip":
             self.skipped_nonfinite_steps += 1
+            self.consecutive_nonfinite_steps += 1
+            buffers = dict(self.named_buffers())  # type: ignore[attr-defined]
+            with torch.no_grad():
+                for n, saved in self._buffers_at_batch_start.items():
+                    buffers[n].copy_(saved)
             self.log("train/skipped_nonfinite_steps", float(self.skipped_nonfinite_steps))  # type: ignore[attr-defined]
-            return True
+            if self.consecutive_nonfinite_steps < self.max_consecutive_nonfinite:
+                return True
+            step = self.trainer.global_step if self._trainer is not None else 0  # type: ignore[attr-defined]
+            raise FloatingPointError(
+                f"{self.consecutive_nonfinite_steps} non-finite {name}es in a row (global step {step}, "
+                f"{self.skipped_nonfinite_steps} skipped in all): the run has diverged. {remedy}; the last "
+                "checkpoint holds the weights from before")
         step = self.trainer.global_step if self._trainer is not None else 0  # type: ignore[attr-defined]
         where = f"non-finite {name} {loss.item()} at global step {step} (epoch {self.current_epoch})"  # type: ignore[attr-defined]
         if outs:
             bad = [f"view{i}/{k}" for i, o in enumerate(outs) for k, t in sorted(o.items()) if not torch.isfinite(t).all()]
             where += f"; non-finite terms: {', '.join(bad or ['none of the embeddings (the loss itself)'])}"
         raise FloatingPointError(f"{where}. {remedy}, or set model.on_nonfinite_loss: skip to drop such steps")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write non-finite weights or normalisation statistics (they would be resumed)."""
+        bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]  # type: ignore[attr-defined]
+        bad += [n for n, b in self.named_buffers()  # type: ignore[attr-defined]
+                if n.rsplit(".", 1)[-1] in ("running_mean", "running_var") and not torch.isfinite(b).all()]
+        if bad:
+            raise FloatingPointError(f"not writing a checkpoint with non-finite values in {', '.join(bad[:5])}"
+                                     + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") + ": the run has diverged")
+        parent = getattr(super(), "on_save_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
 
 
 class BaseMethod(NonFiniteLossGuard, ResumableState, L.LightningModule):
@@ -107,7 +150,8 @@ class BaseMethod(NonFiniteLossGuard, ResumableState, L.LightningModule):
         min_lr_ratio: final LR as a fraction of the peak.
         on_nonfinite_loss: ``raise`` stops training with an error naming the step and the loss
             terms (before any optimiser step, so no weights or checkpoints become NaN); ``skip``
-            drops that step's update and goes on.
+            drops that step's update (and its BatchNorm statistics) and goes on, until 20 steps in
+            a row were dropped (``max_consecutive_nonfinite``): then the run stops with an error.
         channels_last: keep the backbone's weights and inputs in channels-last memory format
             (faster convolutions on tensor-core GPUs under mixed precision).
         compile_backend: ``torch.compile`` the backbone with this backend (``inductor`` on GPUs;

@@ -108,6 +108,7 @@ class DINO(MomentumMethod):
         return self.warmup_teacher_temperature + frac * (self.teacher_temperature - self.warmup_teacher_temperature)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         if self.weight_decay_end is None:
             return
         _, total = self.steps_per_epoch_and_total()
