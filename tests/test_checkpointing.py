@@ -152,7 +152,8 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_by_resume_and_generator_checkpoint(tmp_path, capsys):
+def test_a_checkpoint_that_would_run_code_is_refused_by_resume_predict_eval_and_generator_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     from hardcl_lightning.checkpointing import find_resumable_checkpoint
     from hardcl_lightning.gan import GAN
     from hardcl_lightning.methods.gan_training import load_gan_state
@@ -166,6 +167,18 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_resume_and_generator_che
     assert f"not resuming from {bad.resolve()}" in capsys.readouterr().out
     with pytest.raises(ValueError, match=f"generator_checkpoint='{bad}' does not load as plain tensors"):
         load_gan_state(GAN(latent_dim=8, image_size=32, g_channels=8, d_channels=8), str(bad))
+    from pathlib import Path
+
+    from hardcl_lightning.cli import eval_main, main
+
+    tiny = str(Path(__file__).parents[1] / "configs" / "tiny" / "simclr.yaml")
+    small = ["--data.init_args.num_train=32", "--data.init_args.num_val=16", "--data.init_args.batch_size=16",
+             "--data.init_args.num_workers=0", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    for sub in ("fit", "predict"):  # --ckpt_path: refused before Lightning reads it
+        with pytest.raises(ValueError, match=f"ckpt_path '{bad}' does not load as plain tensors"):
+            main([sub, "--config", tiny, *small, f"--ckpt_path={bad}"])
+    with pytest.raises(ValueError, match=f"cannot read checkpoint '{bad}'"):
+        eval_main(["export", f"--pretrained={bad}", f"--output={tmp_path / 'b.pth'}"])
     assert not marker.exists()  # the payload never ran
     torch.load(bad, weights_only=False)  # the control: loading it unsafely does run it
     assert marker.exists()
