@@ -34,6 +34,7 @@ from hardcl_lightning.checkpointing import (
     SignalCheckpoint, check_checkpoint_method, continue_loggers, find_resumable_checkpoint, install_atomic_checkpoint_io,
 )
 from hardcl_lightning.data.datamodules import SSLDataModule
+from hardcl_lightning.errors import HardCLArgumentParser, run_command
 from hardcl_lightning.quiet import replace_model_summary, silence_known_noise
 from hardcl_lightning.runs import SaveConfigToRunDirectory
 
@@ -125,13 +126,23 @@ class HardCLCLI(LightningCLI):
 BASE_CONFIG_KEY = "base_config"
 
 
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML, with a syntax error that names the file (YAML's names "<unicode string>")."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+
+
 def config_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     """A config file and everything its ``base_config`` names, base first: [(file, its YAML
     without ``base_config``)], in the order the CLI reads them."""
     path = Path(path)
     if path.resolve() in _seen:
         raise ValueError(f"{path}: base_config cycle through {' -> '.join(str(p) for p in _seen)}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path)
     if not isinstance(data, dict) or BASE_CONFIG_KEY not in data:
         return [(path, data)]
     bases = data.pop(BASE_CONFIG_KEY)
@@ -165,7 +176,7 @@ def expand_base_configs(args: list[str]) -> list[str]:
             out += ["--config", value]  # a plain file or a YAML string: jsonargparse reads it
             continue
         for j, (path, data) in enumerate(chain):
-            plain = j < len(chain) - 1 and BASE_CONFIG_KEY not in (yaml.safe_load(path.read_text()) or {})
+            plain = j < len(chain) - 1 and BASE_CONFIG_KEY not in read_yaml(path)
             out += ["--config", str(path) if plain else yaml.safe_dump(data, sort_keys=False)]
     return out
 
@@ -179,6 +190,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
     return HardCLCLI(
         L.LightningModule,  # every method is a BaseMethod; GAN pre-training is not
         SSLDataModule,
+        parser_class=HardCLArgumentParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
@@ -192,9 +204,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HardCLCLI:
 
 def build_eval_parser():
     """``hardcl-eval knn`` (kNN sweep) and ``hardcl-eval export`` (backbone state dict)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
 
-    knn = ArgumentParser(description="weighted-kNN accuracy of a checkpoint's backbone over a (k, temperature) grid")
+    knn = HardCLArgumentParser(description="weighted-kNN accuracy of a checkpoint's backbone over a (k, temperature) grid")
     knn.add_argument("--config", action=ActionConfigFile, help="YAML with pretrained/data/k/temperature, e.g. configs/knn_sweep_cifar10.yaml")
     knn.add_argument("--pretrained", type=str, required=True, help="the .ckpt of a `hardcl fit` pre-training run")
     knn.add_subclass_arguments(SSLDataModule, "data", required=True, help="the labelled dataset: bank = train, queries = validation")
@@ -202,10 +214,10 @@ def build_eval_parser():
     knn.add_argument("--temperature", type=list[float], default=[0.02, 0.05, 0.07, 0.1, 0.2, 0.5])
     knn.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:1, ...")
     knn.add_argument("--output", type=str | None, default=None, help="also write the table as JSON here")
-    export = ArgumentParser(description="the backbone as a plain torchvision-style state dict (+ .json with its architecture)")
+    export = HardCLArgumentParser(description="the backbone as a plain torchvision-style state dict (+ .json with its architecture)")
     export.add_argument("--pretrained", type=str, required=True)
     export.add_argument("--output", type=str, required=True, help="e.g. backbone.pth")
-    parser = ArgumentParser(prog="hardcl-eval", description="offline evaluation of pre-trained checkpoints "
+    parser = HardCLArgumentParser(prog="hardcl-eval", description="offline evaluation of pre-trained checkpoints "
                             "(linear evaluation: hardcl fit --config configs/linear_eval_cifar10.yaml --model.pretrained X.ckpt)")
     sub = parser.add_subcommands()
     sub.add_subcommand("knn", knn)
@@ -252,5 +264,16 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(128 + int(stopped))
 
 
+def console_main() -> None:
+    """The ``hardcl`` command: ``main`` with a user's error (bad value, missing data, wrong
+    checkpoint, full disk) printed as one line and exit status 1 (``hardcl_lightning.errors``)."""
+    run_command("hardcl", main)
+
+
+def eval_console_main() -> None:
+    """The ``hardcl-eval`` command, as ``console_main``."""
+    run_command("hardcl-eval", eval_main)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    console_main()
