@@ -126,6 +126,7 @@ def mixed_negative_logits(
     num_mix_query: int,
     draws: MixingDraws | None = None,
     generator: torch.Generator | None = None,
+    hardest: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines ``q . h`` [B, s + s'] of MoCHi's synthetic negatives, without building them.
 
@@ -140,6 +141,8 @@ def mixed_negative_logits(
         query: [B, D] L2-normalised queries (may carry gradient).
         bank: [K, D] L2-normalised negatives (a shared bank, e.g. MoCo's queue).
         similarities: ``query @ bank.T`` [B, K] (may carry gradient; the loss reuses it).
+        hardest: ``similarities.detach().topk(num_hard, dim=1)`` when the caller has it (MoCHi's
+            diagnostics use the indices too): computed here when None.
     Returns:
         (cosines [B, s + s'], the N hardest similarities [B, N], hardest first)
     """
@@ -149,7 +152,7 @@ def mixed_negative_logits(
     if not 1 <= num_hard <= k:
         raise ValueError(f"num_hard (N) must be in [1, {k}] (the number of negatives), got {num_hard}")
     b = query.shape[0]
-    hard_sim, hard_idx = similarities.detach().topk(num_hard, dim=1)
+    hard_sim, hard_idx = hardest if hardest is not None else similarities.detach().topk(num_hard, dim=1)
     if draws is None:
         draws = sample_mixing_draws(b, num_hard, num_mix, num_mix_query, query.device, generator)
     parts = []

@@ -226,3 +226,57 @@ def test_own_keys_are_never_mixed_nor_negatives():
         assert torch.allclose(masked[b], ref[b], atol=1e-5), b
     torch.manual_seed(9)
     assert (m.query_loss(q, k, queue) > masked).all()  # unmasked, the own key is a (hardest) negative
+
+
+def test_same_class_shares_of_the_hardest_and_of_the_synthetic_sources_match_a_naive_count():
+    """The diagnostics count, over (query, negative) pairs whose both labels are known, how often a
+    hardest negative, and a synthetic negative's source, is an image of the query's own class."""
+    m = tiny(MoCHi, mixing=(6, 4, 2))
+    g = torch.Generator().manual_seed(3)
+    m.train_labels = torch.randint(3, (50,), generator=g)  # the label of each dataset index
+    m.train_labels[7] = -1  # an unlabeled image
+    m.queue_index.copy_(torch.randint(50, (m.queue_size,), generator=g))
+    m.queue_index[:5] = -1  # random initial entries: no image
+    m._query_index = torch.tensor([0, 7, 12, 33])
+    hard_index = torch.stack([torch.randperm(m.queue_size, generator=g)[:6] for _ in range(4)])
+    hard_index[0, :3] = torch.arange(3)  # some of the unknown entries among the hardest
+    draws = sample_mixing_draws(4, 6, 4, 2, generator=g)
+    m._record_class_shares(hard_index, draws)
+
+    def naive(positions_per_query):
+        same = known = 0
+        for b, positions in enumerate(positions_per_query):
+            ql = int(m.train_labels[m._query_index[b]])
+            for p in positions:
+                qi = int(m.queue_index[hard_index[b, p]])
+                nl = int(m.train_labels[qi]) if qi >= 0 else -1
+                if ql >= 0 and nl >= 0:
+                    known += 1
+                    same += ql == nl
+        return same / known
+
+    hardest = naive([range(6)] * 4)
+    sources = naive([[*draws.index_i[b].tolist(), *draws.index_j[b].tolist(), *draws.index_query_mix[b].tolist()]
+                     for b in range(4)])
+    assert m.last_mixing_stats["hard/mochi_hardest_same_class"].item() == pytest.approx(hardest)
+    assert m.last_mixing_stats["hard/mochi_synthetic_source_same_class"].item() == pytest.approx(sources)
+
+
+def test_mochi_logs_the_same_class_shares_while_training(tmp_path):
+    import lightning as L
+
+    from hardcl_lightning.data import ShapesDataModule
+
+    class Keep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen = dict(trainer.callback_metrics)
+
+    keep = Keep()
+    torch.manual_seed(0)
+    m = tiny(MoCHi, mixing=(8, 4, 2), mix_start_epoch=0, optimizer="sgd", lr=0.01, batch_size=8)
+    dm = ShapesDataModule(num_train=64, num_val=10, batch_size=8, num_workers=0, image_size=16)
+    L.Trainer(max_epochs=1, limit_train_batches=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, limit_val_batches=0, callbacks=[keep], enable_model_summary=False).fit(m, dm)
+    share = float(keep.seen["hard/mochi_hardest_same_class_step"])
+    assert 0.0 <= share <= 1.0 and "hard/mochi_synthetic_source_same_class_step" in keep.seen
+    assert torch.equal(m.train_labels, dm.train_labels())

@@ -331,6 +331,12 @@ class SSLDataModule(L.LightningDataModule):
         """Training images carry labels (some may be -1, unlabeled): the online probe can learn from them."""
         return True
 
+    def train_labels(self) -> torch.Tensor:
+        """The label of every training item [N] (-1: none), by the ``index`` its batches carry; for
+        diagnostics only (e.g. MoCHi's same-class shares), never for training."""
+        self.setup()
+        return torch.tensor(_targets(self._train), dtype=torch.long)
+
     @property
     def evaluation_off_reason(self) -> str:
         """Why the online kNN / probe are off, for their one message."""

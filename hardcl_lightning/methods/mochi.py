@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from hardcl_lightning.hard_negatives import mixed_negative_logits
+from hardcl_lightning.hard_negatives import MixingDraws, mixed_negative_logits, sample_mixing_draws
 from hardcl_lightning.losses import info_nce
 from hardcl_lightning.methods.base import ViewOutputs
 from hardcl_lightning.methods.mocov2 import MoCoV2
@@ -20,6 +20,13 @@ class MoCHi(MoCoV2):
     For each query, the N hardest queue negatives give s synthetic negatives mixed from two of
     them and s' mixed with the query itself; their logits are appended after the queue's. They
     carry no gradient except through q . h and are never enqueued.
+
+    Diagnostics (logged, never used in training): where the training images have labels, the
+    share of each query's N hardest queue negatives that are of its own class
+    (``hard/mochi_hardest_same_class``) and the same among the sources of its synthetic negatives
+    (``hard/mochi_synthetic_source_same_class``): with few classes (CIFAR-10: a tenth of the queue
+    shares the query's class) the hardest negatives may be mostly false negatives, which MoCHi
+    then mixes into "negatives" made of positives. Chance is about 1 / number of classes.
 
     Args:
         mixing: (N, s, s') as written in the paper, e.g. (1024, 1024, 512) or (256, 512, 0).
@@ -41,6 +48,21 @@ class MoCHi(MoCoV2):
         self.num_hard, self.num_mix, self.num_mix_query = num_hard, num_mix, num_mix_query
         self.mix_start_epoch = mix_start_epoch
         self.last_mixing_stats: dict[str, torch.Tensor] = {}
+        self.train_labels: torch.Tensor | None = None  # label of each training image by dataset index (diagnostics)
+        self._query_index: torch.Tensor | None = None
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "train_labels") and getattr(dm, "has_train_labels", False):
+            self.train_labels = dm.train_labels().to(self.device)
+
+    def pair_loss(self, out_a: ViewOutputs, out_b: ViewOutputs) -> torch.Tensor:
+        self._query_index = out_a.get("index")  # both queries are of these images: the diagnostics' labels
+        try:
+            return super().pair_loss(out_a, out_b)
+        finally:
+            self._query_index = None
 
     @property
     def mixing_active(self) -> bool:
@@ -60,8 +82,12 @@ class MoCHi(MoCoV2):
                 real_sim = real_sim.masked_fill(exclude, -math.inf)
             # q . h of the synthetic points in closed form (hardcl_lightning.hard_negatives): the same
             # values and gradient (through q only) as building them, without [B, s + s', D] tensors
-            syn_sim, hard_sim = mixed_negative_logits(q, bank, real_sim, self.num_hard, self.num_mix, self.num_mix_query)
+            hardest = real_sim.detach().topk(self.num_hard, dim=1)
+            draws = sample_mixing_draws(q.shape[0], self.num_hard, self.num_mix, self.num_mix_query, q.device)
+            syn_sim, hard_sim = mixed_negative_logits(q, bank, real_sim, self.num_hard, self.num_mix, self.num_mix_query,
+                                                      draws=draws, hardest=hardest)
         self._record_stats(hard_sim, syn_sim.detach())
+        self._record_class_shares(hardest.indices, draws)
         return info_nce(query, key, None, self.temperature, reduction="none", extra_negative_logits=syn_sim / self.temperature,
                         tau_plus=self.tau_plus, hardness_beta=self.hardness_beta, negative_similarities=real_sim)
 
@@ -78,6 +104,25 @@ class MoCHi(MoCoV2):
             "hard/mochi_synthetic_sim_max": syn_sim.max(),
             "hard/mochi_topk_synthetic_share": (top >= hard_sim.shape[1]).float().mean(),
         }
+
+    @torch.no_grad()
+    def _record_class_shares(self, hard_index: torch.Tensor, draws: MixingDraws) -> None:
+        """The same-class shares of the docstring, over the (query, negative) pairs whose both labels
+        are known (queue entries from before the first enqueue, or without an index, are not)."""
+        if self.train_labels is None or self._query_index is None:
+            return
+        labels = self.train_labels
+        query_labels = labels[self._query_index.to(labels.device).long()].unsqueeze(1)  # [B, 1]
+        queued = self.queue_index.to(labels.device)
+        queue_labels = torch.where(queued >= 0, labels[queued.clamp_min(0)], torch.full_like(queued, -1))
+        hard_labels = queue_labels[hard_index.to(labels.device)]  # [B, N]
+        sources = [draws.index_i, draws.index_j, draws.index_query_mix]
+        source_labels = torch.cat([hard_labels.gather(1, index.to(labels.device)) for index in sources], dim=1)
+        for name, negative_labels in (("hardest", hard_labels), ("synthetic_source", source_labels)):
+            if negative_labels.numel():  # no host read: a step with no known pair logs 0
+                known = (negative_labels >= 0) & (query_labels >= 0)
+                same = ((negative_labels == query_labels) & known).sum() / known.sum().clamp_min(1)
+                self.last_mixing_stats[f"hard/mochi_{name}_same_class"] = same.float()
 
     def after_training_loss(self, outs: Sequence[ViewOutputs]) -> None:
         if self.last_mixing_stats:
