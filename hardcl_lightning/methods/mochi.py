@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from hardcl_lightning.hard_negatives import MixingDraws, mixed_negative_logits, sample_mixing_draws
+from hardcl_lightning import hard_negatives
+from hardcl_lightning.hard_negatives import MixingDraws, mixed_negative_logits
 from hardcl_lightning.losses import info_nce
 from hardcl_lightning.methods.base import ViewOutputs
 from hardcl_lightning.methods.mocov2 import MoCoV2
@@ -83,7 +84,7 @@ class MoCHi(MoCoV2):
             # q . h of the synthetic points in closed form (hardcl_lightning.hard_negatives): the same
             # values and gradient (through q only) as building them, without [B, s + s', D] tensors
             hardest = real_sim.detach().topk(self.num_hard, dim=1)
-            draws = sample_mixing_draws(q.shape[0], self.num_hard, self.num_mix, self.num_mix_query, q.device)
+            draws = hard_negatives.sample_mixing_draws(q.shape[0], self.num_hard, self.num_mix, self.num_mix_query, q.device)
             syn_sim, hard_sim = mixed_negative_logits(q, bank, real_sim, self.num_hard, self.num_mix, self.num_mix_query,
                                                       draws=draws, hardest=hardest)
         self._record_stats(hard_sim, syn_sim.detach())
